@@ -1,0 +1,58 @@
+"""The ``cfd3d`` command line.
+
+Each subcommand lives in a small ``_cmd_*`` function; errors a user can cause
+(:class:`cfd3d.errors.UserError`) become one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from cfd3d import __version__
+from cfd3d.errors import UserError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors as one line and exit code 2 (its default code)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"error: {message} (see '{self.prog} --help')\n")
+
+
+def guarded(fn: Callable[[], int | None]) -> int:
+    """Run ``fn``; turn a :class:`UserError` into one line on stderr and exit code 2."""
+    try:
+        return fn() or 0
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="cfd3d",
+        description="Text-to-3D by Consistent Flow Distillation (CFD).",
+    )
+    parser.add_argument("--version", action="version", version=f"cfd3d {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    from cfd3d.playground import add_image_command
+
+    add_image_command(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return guarded(lambda: args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Turning fields into images: the volume renderer, shading and backgrounds."""

@@ -1,0 +1,1 @@
+"""What is rendered: cameras, learnable fields and ground-truth toy scenes."""
