@@ -18,8 +18,8 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     folder = Path(path)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-", delete=True)
-        probe.close()
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
     except OSError as exc:
         raise OutputError(
             f"cannot write to output folder '{folder}' ({exc.strerror or exc}); "
