@@ -32,7 +32,7 @@ from cfd3d.errors import ConfigError
 from cfd3d.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from cfd3d.noise.sde import check_gamma, sde_refresh
 from cfd3d.priors.base import Prior
-from cfd3d.priors.registry import PRIORS, load_prior
+from cfd3d.priors.registry import PRIORS, is_stable_diffusion, load_prior
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,11 @@ class ImageConfig:
 
     def __post_init__(self) -> None:
         get_method(self.method)
-        if self.prior not in PRIORS:
-            raise ConfigError(f"unknown prior '{self.prior}'; valid: {', '.join(PRIORS)}")
+        if self.prior not in PRIORS and not is_stable_diffusion(self.prior):
+            raise ConfigError(
+                f"unknown prior '{self.prior}'; valid: {', '.join(PRIORS)}, or a Stable "
+                "Diffusion hub id or diffusers folder"
+            )
         if self.steps <= 0:
             raise ConfigError(f"--steps must be a positive integer, got {self.steps}")
         if self.batch <= 0:
@@ -263,7 +266,11 @@ def add_image_command(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("prompt", help="text prompt, e.g. 'a simple shape'")
-    parser.add_argument("--prior", default=defaults.prior, help=f"prior: {', '.join(PRIORS)}")
+    parser.add_argument(
+        "--prior",
+        default=defaults.prior,
+        help=f"prior: {', '.join(PRIORS)}, or a Stable Diffusion hub id / diffusers folder",
+    )
     parser.add_argument(
         "--method", default=defaults.method, help=f"update rule: {', '.join(METHODS)}"
     )

@@ -14,3 +14,28 @@ def classifier_free_guidance(
     ``scale = 1`` gives the conditional prediction, ``scale = 0`` the unconditional one.
     """
     return eps_uncond + scale * (eps_cond - eps_uncond)
+
+
+def perp_neg_guidance(
+    eps_pos: torch.Tensor,
+    eps_uncond: torch.Tensor,
+    eps_negs: list[torch.Tensor],
+    weights: list[float],
+    scale: float,
+) -> torch.Tensor:
+    """Perp-Neg (Armandpour et al. 2023, "Re-imagine the Negative Prompt Algorithm").
+
+    ``eps_uncond + scale * (d_pos - sum_i w_i perp(d_neg_i, d_pos))`` with
+    ``d = eps - eps_uncond`` and ``perp(a, b)`` the part of ``a`` orthogonal to ``b``, per
+    sample. With no negatives it is :func:`classifier_free_guidance`.
+    """
+    d_pos = eps_pos - eps_uncond
+    flat_pos = d_pos.flatten(1)
+    denom = (flat_pos * flat_pos).sum(1).clamp_min(1e-12)
+    total = d_pos
+    for eps_neg, weight in zip(eps_negs, weights, strict=True):
+        d_neg = (eps_neg - eps_uncond).flatten(1)
+        coeff = (d_neg * flat_pos).sum(1) / denom
+        perp = d_neg - coeff[:, None] * flat_pos
+        total = total - weight * perp.view_as(d_pos)
+    return eps_uncond + scale * total
