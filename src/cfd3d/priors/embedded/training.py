@@ -1,0 +1,158 @@
+"""Training the embedded prior (``cfd3d train-prior``): DDPM eps-prediction with
+classifier-free-guidance dropout, an EMA with warm-up, checkpoints and resume.
+
+The data is a fixed set of toy-world renders (see :mod:`cfd3d.priors.embedded.world`);
+captions are drawn afresh every step from each render's description, so the same image is
+seen as "a red cube", "a cube", "a red object" or "a red cube, side view".
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from cfd3d.diffusion.schedule import make_schedule
+from cfd3d.io import atomic_write_bytes
+from cfd3d.priors.embedded.tokenizer import WordTokenizer
+from cfd3d.priors.embedded.unet import TinyUNet, UNetConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the embedded prior is trained.
+
+    Attributes:
+        steps: optimisation steps.
+        batch_size: images per step.
+        lr: peak AdamW learning rate (linear warm-up, cosine decay to 10 %).
+        warmup: warm-up steps.
+        weight_decay: AdamW weight decay.
+        cfg_dropout: probability of training on the empty prompt (for guidance).
+        ema_decay: EMA decay ceiling; the decay is ``min(ema_decay, (1+n)/(10+n))``.
+        dataset_size: number of toy-world renders.
+        seed: seeds data, initialisation and the training order.
+        checkpoint_every: steps between training checkpoints.
+        unet: the architecture.
+    """
+
+    steps: int = 3500
+    batch_size: int = 48
+    lr: float = 1e-3
+    warmup: int = 200
+    weight_decay: float = 0.0
+    cfg_dropout: float = 0.1
+    ema_decay: float = 0.999
+    dataset_size: int = 24000
+    seed: int = 0
+    checkpoint_every: int = 250
+    unet: UNetConfig = field(default_factory=lambda: UNetConfig(channels=(48, 96, 128)))
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warm-up then cosine decay to 10 % of the peak."""
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(config.steps - config.warmup, 1)
+    return config.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def ema_update(ema: TinyUNet, model: TinyUNet, step: int, ceiling: float) -> None:
+    decay = min(ceiling, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+            e.lerp_(p, 1 - decay)
+
+
+def train(
+    config: TrainConfig,
+    images: torch.Tensor,
+    captioner: Callable[[int, torch.Generator], str],
+    tokenizer: WordTokenizer,
+    checkpoint: Path | None = None,
+    progress: Callable[[int, float, float], None] | None = None,
+    stop_at: int | None = None,
+) -> TinyUNet:
+    """Train and return the EMA model.
+
+    Args:
+        config: the run.
+        images: ``(N, 3, S, S)`` uint8 renders.
+        captioner: ``(index, generator) -> caption`` for render ``index``.
+        tokenizer: maps captions to ids.
+        checkpoint: file for training checkpoints; an existing one is resumed.
+        progress: ``progress(step, loss, seconds_per_step)`` after every step.
+        stop_at: end this call after this many steps in total (an interruption: resume
+            from ``checkpoint`` later); the checkpoint is written when stopping.
+    """
+    torch.manual_seed(config.seed)
+    model = TinyUNet(config.unet)
+    ema = TinyUNet(config.unet)
+    ema.load_state_dict(model.state_dict())
+    ema.requires_grad_(False)
+    optimiser = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    schedule = make_schedule("scaled_linear")
+    alphas_cumprod = schedule.alphas_cumprod.float()
+    gen = torch.Generator().manual_seed(config.seed + 1)
+    start = 0
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimiser.load_state_dict(state["optimiser"])
+        gen.set_state(state["generator"])
+        start = state["step"]
+    n = images.shape[0]
+    end = config.steps if stop_at is None else min(stop_at, config.steps)
+    for step in range(start, end):
+        tic = time.perf_counter()
+        for group in optimiser.param_groups:
+            group["lr"] = learning_rate(config, step)
+        index = torch.randint(0, n, (config.batch_size,), generator=gen)
+        x0 = images[index].float() / 127.5 - 1.0
+        captions = [
+            ""
+            if torch.rand((), generator=gen).item() < config.cfg_dropout
+            else captioner(int(i), gen)
+            for i in index
+        ]
+        ids = tokenizer.encode(captions)
+        t = torch.randint(0, schedule.num_timesteps, (config.batch_size,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        abar = alphas_cumprod[t][:, None, None, None]
+        x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+        loss = F.mse_loss(model(x_t, t, ids), noise)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimiser.step()
+        ema_update(ema, model, step, config.ema_decay)
+        due = (step + 1) % config.checkpoint_every == 0 or step + 1 == end
+        if checkpoint is not None and due:
+            state = {
+                "model": model.state_dict(),
+                "ema": ema.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "generator": gen.get_state(),
+                "step": step + 1,
+                "config": asdict(config),
+            }
+            atomic_write_bytes(checkpoint, _to_bytes(state))
+        if progress is not None:
+            progress(step, loss.item(), time.perf_counter() - tic)
+    return ema.eval()
+
+
+def _to_bytes(state: dict) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()

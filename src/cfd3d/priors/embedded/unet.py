@@ -1,0 +1,193 @@
+"""A small pixel-space eps-prediction UNet with text conditioning.
+
+Text: a 2-layer transformer over word embeddings; its mean-pooled output is added to the
+timestep embedding (FiLM on every residual block) and its tokens are attended to by one
+cross-attention block at the lowest resolution, so compositions ("a red cube on top of a
+blue sphere") can be told apart from their mirror images.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture of the embedded prior's UNet.
+
+    Attributes:
+        image_size: input resolution (square).
+        patch: pixels are folded into channels in ``patch x patch`` blocks before the
+            first level (pixel unshuffle) and unfolded at the end, which makes the
+            full-resolution convolutions, the bulk of the cost on a CPU, disappear.
+        channels: feature channels per resolution level (each level halves the size).
+        blocks_per_level: residual blocks per level on the way down (and up).
+        text_width: width of the text encoder and the attention blocks.
+        text_layers: transformer layers of the text encoder.
+        vocab_size: number of token ids (0 is padding).
+        max_tokens: prompt length in tokens.
+        groups: GroupNorm groups.
+    """
+
+    image_size: int = 32
+    patch: int = 2
+    channels: tuple[int, ...] = (64, 128, 192)
+    blocks_per_level: int = 1
+    text_width: int = 128
+    text_layers: int = 2
+    vocab_size: int = 64
+    max_tokens: int = 16
+    groups: int = 8
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding ``(B, dim)`` of integer timesteps ``(B,)``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+class TextEncoder(nn.Module):
+    """Token ids ``(B, L)`` -> tokens ``(B, L, D)``, padding mask ``(B, L)``, pooled ``(B, D)``."""
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        width = config.text_width
+        self.embed = nn.Embedding(config.vocab_size, width, padding_idx=0)
+        self.position = nn.Parameter(torch.zeros(1, config.max_tokens, width))
+        layer = nn.TransformerEncoderLayer(
+            width, nhead=4, dim_feedforward=2 * width, dropout=0.0, batch_first=True
+        )
+        self.layers = nn.TransformerEncoder(layer, config.text_layers, enable_nested_tensor=False)
+        self.null = nn.Parameter(torch.zeros(width))
+
+    def forward(self, ids: torch.Tensor):
+        pad = ids == 0
+        empty = pad.all(dim=1)
+        # A fully padded (unconditional) prompt attends to its first slot only.
+        attend_pad = pad.clone()
+        attend_pad[:, 0] &= ~empty
+        tokens = self.layers(self.embed(ids) + self.position, src_key_padding_mask=attend_pad)
+        keep = (~pad).float()[..., None]
+        pooled = (tokens * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+        pooled = torch.where(empty[:, None], self.null.expand_as(pooled), pooled)
+        tokens = torch.where(empty[:, None, None], self.null.expand_as(tokens), tokens)
+        return tokens, attend_pad, pooled
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.film = nn.Linear(emb_dim, 2 * c_out)
+        self.norm2 = nn.GroupNorm(groups, c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        return self.skip(x) + self.conv2(F.silu(h))
+
+
+class CrossAttention(nn.Module):
+    """Self- then cross-attention over an image's pixels, residual."""
+
+    def __init__(self, channels: int, text_width: int, groups: int) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels)
+        self.self_attn = nn.MultiheadAttention(channels, 4, batch_first=True)
+        self.norm2 = nn.LayerNorm(channels)
+        self.cross = nn.MultiheadAttention(
+            channels, 4, kdim=text_width, vdim=text_width, batch_first=True
+        )
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        seq = self.norm(x).flatten(2).transpose(1, 2)
+        seq = seq + self.self_attn(seq, seq, seq, need_weights=False)[0]
+        q = self.norm2(seq)
+        seq = seq + self.cross(q, tokens, tokens, key_padding_mask=pad, need_weights=False)[0]
+        return x + seq.transpose(1, 2).reshape(b, c, h, w)
+
+
+class TinyUNet(nn.Module):
+    """eps-prediction UNet: ``(x (B,3,S,S), t (B,), ids (B,L)) -> eps (B,3,S,S)``."""
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        c0, emb_dim, g = config.channels[0], 4 * config.channels[0], config.groups
+        self.text = TextEncoder(config)
+        self.time_mlp = nn.Sequential(
+            nn.Linear(c0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
+        self.text_proj = nn.Linear(config.text_width, emb_dim)
+        patch_channels = 3 * config.patch**2
+        self.stem = nn.Sequential(
+            nn.PixelUnshuffle(config.patch), nn.Conv2d(patch_channels, c0, 3, padding=1)
+        )
+        self.down = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        skips, c = [c0], c0
+        for level, ch in enumerate(config.channels):
+            for _ in range(config.blocks_per_level):
+                self.down.append(ResBlock(c, ch, emb_dim, g))
+                c = ch
+                skips.append(c)
+            last = level == len(config.channels) - 1
+            self.downsample.append(
+                nn.Identity() if last else nn.Conv2d(c, c, 3, stride=2, padding=1)
+            )
+            if not last:
+                skips.append(c)
+        self.mid1 = ResBlock(c, c, emb_dim, g)
+        self.attn = CrossAttention(c, config.text_width, g)
+        self.mid2 = ResBlock(c, c, emb_dim, g)
+        self.up = nn.ModuleList()
+        self.upsample = nn.ModuleList()
+        for level, ch in reversed(list(enumerate(config.channels))):
+            for _ in range(config.blocks_per_level + 1):
+                self.up.append(ResBlock(c + skips.pop(), ch, emb_dim, g))
+                c = ch
+            self.upsample.append(nn.Upsample(scale_factor=2) if level else nn.Identity())
+        self.out = nn.Sequential(
+            nn.GroupNorm(g, c),
+            nn.SiLU(),
+            nn.Conv2d(c, patch_channels, 3, padding=1),
+            nn.PixelShuffle(config.patch),
+        )
+        nn.init.zeros_(self.out[-2].weight)
+        nn.init.zeros_(self.out[-2].bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        tokens, pad, pooled = self.text(ids)
+        emb = self.time_mlp(timestep_embedding(t, self.config.channels[0]))
+        emb = F.silu(emb + self.text_proj(pooled))
+        h = self.stem(x)
+        hs = [h]
+        blocks = iter(self.down)
+        for level in range(len(self.config.channels)):
+            for _ in range(self.config.blocks_per_level):
+                h = next(blocks)(h, emb)
+                hs.append(h)
+            if level < len(self.config.channels) - 1:
+                h = self.downsample[level](h)
+                hs.append(h)
+        h = self.mid2(self.attn(self.mid1(h, emb), tokens, pad), emb)
+        blocks = iter(self.up)
+        for i in range(len(self.config.channels)):
+            for _ in range(self.config.blocks_per_level + 1):
+                h = next(blocks)(torch.cat([h, hs.pop()], dim=1), emb)
+            h = self.upsample[i](h)
+        return self.out(h)

@@ -1,0 +1,87 @@
+"""Loading and saving the embedded prior's weights (safetensors + a stored checksum)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+
+from cfd3d.errors import UserError
+from cfd3d.io import atomic_write_bytes, atomic_write_text
+from cfd3d.priors.embedded.unet import TinyUNet, UNetConfig
+
+WEIGHTS_NAME = "embedded_prior.safetensors"
+CHECKSUM_NAME = "embedded_prior.sha256"
+RESTORE_HINT = (
+    "restore the file from the package (pip install --force-reinstall cfd3d, or "
+    "'git checkout -- src/cfd3d/assets/' in a clone) or retrain it with 'cfd3d train-prior'"
+)
+
+
+def default_weights_path() -> Path:
+    """Where the shipped weights live inside the installed package."""
+    return Path(str(resources.files("cfd3d") / "assets" / WEIGHTS_NAME))
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_to_bytes(model: TinyUNet, metadata: dict[str, object]) -> bytes:
+    """Serialise ``model`` (as float16) with its config and ``metadata`` (JSON strings)."""
+    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    header = {"unet_config": json.dumps(asdict(model.config))}
+    header.update({k: json.dumps(v) for k, v in metadata.items()})
+    return save(tensors, metadata=header)
+
+
+def write_weights(model: TinyUNet, metadata: dict[str, object], path: Path) -> str:
+    """Write weights atomically and their ``.sha256`` beside them; return the checksum."""
+    atomic_write_bytes(path, weights_to_bytes(model, metadata))
+    checksum = sha256_of(path)
+    atomic_write_text(path.with_name(CHECKSUM_NAME), f"{checksum}  {path.name}\n")
+    return checksum
+
+
+def load_weights(path: Path | None = None) -> tuple[TinyUNet, dict[str, object]]:
+    """Load and verify the embedded prior's weights.
+
+    Raises:
+        UserError: if the file is missing, does not match its stored checksum, or cannot
+            be read; the message says how to restore it.
+    """
+    path = Path(path) if path is not None else default_weights_path()
+    checksum_file = path.with_name(CHECKSUM_NAME)
+    if not path.is_file():
+        raise UserError(f"embedded prior weights not found at '{path}'; {RESTORE_HINT}")
+    if not checksum_file.is_file():
+        raise UserError(f"checksum file '{checksum_file}' is missing; {RESTORE_HINT}")
+    expected = checksum_file.read_text().split()[0] if checksum_file.read_text().strip() else ""
+    if sha256_of(path) != expected:
+        raise UserError(
+            f"embedded prior weights at '{path}' are corrupted (checksum mismatch); {RESTORE_HINT}"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+        config_dict = json.loads(header["unet_config"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise UserError(
+            f"cannot read embedded prior weights '{path}' ({exc}); {RESTORE_HINT}"
+        ) from None
+    config_dict["channels"] = tuple(config_dict["channels"])
+    model = TinyUNet(UNetConfig(**config_dict))
+    model.load_state_dict({k: v.float() for k, v in tensors.items()})
+    metadata = {k: json.loads(v) for k, v in header.items() if k != "unet_config"}
+    return model.eval().requires_grad_(False), metadata

@@ -1,0 +1,118 @@
+"""The embedded prior's parts on tiny random models: tokenizer, UNet, weights, training."""
+
+import pytest
+import torch
+
+from cfd3d.errors import UserError
+from cfd3d.priors.embedded.prior import EmbeddedPrior
+from cfd3d.priors.embedded.tokenizer import WordTokenizer
+from cfd3d.priors.embedded.training import TrainConfig, learning_rate, train
+from cfd3d.priors.embedded.unet import TinyUNet, UNetConfig
+from cfd3d.priors.embedded.weights import CHECKSUM_NAME, load_weights, write_weights
+
+WORDS = ("a", "red", "blue", "cube", "sphere", "on", "top", "of", ",", "front", "view")
+TINY = UNetConfig(
+    image_size=8, channels=(16, 32), text_width=32, vocab_size=len(WORDS) + 1, groups=4
+)
+
+
+def test_tokenizer_ids_padding_and_commas():
+    tok = WordTokenizer(WORDS, max_length=6)
+    ids = tok.encode(["a red cube, front view", ""])
+    assert ids.tolist() == [[1, 2, 4, 9, 10, 11], [0] * 6]
+    assert tok.encode(["A  RED cube!"]).tolist() == [[1, 2, 4, 0, 0, 0]]
+
+
+def test_tokenizer_names_unknown_words_and_points_to_the_vocab_command():
+    tok = WordTokenizer(WORDS)
+    with pytest.raises(UserError, match=r"'dragon', 'purple'.*cfd3d prior-vocab"):
+        tok.encode(["a purple dragon"])
+    with pytest.raises(UserError, match="at most 3"):
+        WordTokenizer(WORDS, max_length=3).encode(["a red cube on top"])
+
+
+def test_unet_shapes_and_text_dependence():
+    torch.manual_seed(0)
+    model = TinyUNet(TINY)
+    # Zero-initialised output: perturb it so the text path is visible.
+    for p in model.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    tok = WordTokenizer(WORDS, max_length=TINY.max_tokens)
+    x = torch.randn(3, 3, 8, 8)
+    t = torch.tensor([10, 500, 900])
+    ids = tok.encode(
+        ["a red cube on top of a blue sphere", "a blue sphere on top of a red cube", ""]
+    )
+    out = model(x, t, ids)
+    assert out.shape == x.shape
+    swapped = model(x, t, ids[[1, 0, 2]])
+    assert not torch.allclose(out[0], swapped[0])  # word order matters
+
+
+def test_weights_round_trip_and_checksum(tmp_path):
+    torch.manual_seed(1)
+    model = TinyUNet(TINY)
+    path = tmp_path / "embedded_prior.safetensors"
+    write_weights(model, {"vocabulary": list(WORDS), "schedule": "scaled_linear"}, path)
+    prior = EmbeddedPrior.load(path)
+    assert prior.tokenizer.words == WORDS
+    assert prior.input_shape == (3, 8, 8)
+    for name, tensor in model.state_dict().items():
+        assert torch.allclose(prior.model.state_dict()[name], tensor.half().float())
+    # corrupt one byte -> clear error naming the fix
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"corrupted.*cfd3d train-prior"):
+        load_weights(path)
+
+
+def test_missing_weights_or_checksum(tmp_path):
+    with pytest.raises(UserError, match=r"not found.*restore"):
+        load_weights(tmp_path / "embedded_prior.safetensors")
+    write_weights(TinyUNet(TINY), {"vocabulary": list(WORDS)}, tmp_path / "w.safetensors")
+    (tmp_path / CHECKSUM_NAME).unlink()
+    with pytest.raises(UserError, match="checksum file"):
+        load_weights(tmp_path / "w.safetensors")
+
+
+def test_learning_rate_schedule():
+    config = TrainConfig(steps=1000, warmup=100, lr=1e-3)
+    assert learning_rate(config, 0) == pytest.approx(1e-5)
+    assert learning_rate(config, 99) == pytest.approx(1e-3)
+    assert learning_rate(config, 999) == pytest.approx(1e-4, rel=1e-3)
+
+
+def test_training_learns_and_resumes_identically(tmp_path):
+    tok = WordTokenizer(WORDS, max_length=TINY.max_tokens)
+    g = torch.Generator().manual_seed(0)
+    images = torch.zeros(16, 3, 8, 8, dtype=torch.uint8)
+    images[:8, 0] = 220  # "red" images
+    images[8:, 2] = 220  # "blue" images
+    images += torch.randint(0, 20, images.shape, generator=g, dtype=torch.uint8)
+
+    def captioner(i, gen):
+        return "a red cube" if i < 8 else "a blue cube"
+
+    config = TrainConfig(
+        steps=40, batch_size=8, lr=3e-3, warmup=5, dataset_size=16, checkpoint_every=20, unet=TINY
+    )
+    full = train(config, images, captioner, tok)
+    # interrupted after 15 steps (checkpoint written on stop), then resumed
+    ckpt = tmp_path / "train.pt"
+    train(config, images, captioner, tok, ckpt, stop_at=15)
+    resumed = train(config, images, captioner, tok, ckpt)
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    # it learned something: eps loss on held-out noise beats the untrained model
+    torch.manual_seed(5)
+    x0 = images.float() / 127.5 - 1
+    t = torch.full((16,), 300)
+    noise = torch.randn_like(x0)
+    abar = 0.7
+    x_t = abar**0.5 * x0 + (1 - abar) ** 0.5 * noise
+    ids = tok.encode([captioner(i, None) for i in range(16)])
+    fresh = TinyUNet(TINY)
+    trained_loss = (full(x_t, t, ids) - noise).pow(2).mean()
+    untrained_loss = (fresh(x_t, t, ids) - noise).pow(2).mean()
+    assert trained_loss < 0.8 * untrained_loss
