@@ -61,3 +61,14 @@ def test_methods_registry():
     assert get_method("sds").noise == "fresh"
     with pytest.raises(ConfigError, match="valid: cfd, sds, fsd"):
         get_method("vsd")
+
+
+def test_gamma_decays_geometrically_from_start_to_end():
+    from cfd3d.distill.gamma import gamma_at
+
+    assert gamma_at(0, 101) == pytest.approx(1e-2)
+    assert gamma_at(50, 101) == pytest.approx(1e-3)
+    assert gamma_at(100, 101) == pytest.approx(1e-4)
+    assert gamma_at(7, 101, 0.0, 0.0) == 0.0
+    with pytest.raises(ConfigError, match="gamma"):
+        gamma_at(0, 10, start=2.0)
