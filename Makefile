@@ -7,6 +7,10 @@ PY := $(VENV)/bin/python
 # The CPU wheel of torch; GPU users install their CUDA build first and use `pip install -e .`.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.cfd3d-installed
+# The Khronos glTF validator (npm) checks exported GLBs in the tests when npm is present.
+GLTF := tools/gltf-validator
+GLTF_STAMP := $(GLTF)/node_modules/.cfd3d-installed
+HAVE_NPM := $(shell command -v npm 2>/dev/null)
 
 .PHONY: demo test lint format clean-venv
 
@@ -20,6 +24,14 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/cfd3d image "a simple shape" --prior gmm --method cfd --steps 300 --seed 0 --out out/demo
 
+$(GLTF_STAMP): $(GLTF)/package-lock.json
+	npm ci --prefix $(GLTF) --silent --no-audit --no-fund
+	touch $(GLTF_STAMP)
+
+ifdef HAVE_NPM
+test: $(GLTF_STAMP)
+test: export CFD3D_REQUIRE_GLTF_VALIDATOR := 1
+endif
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

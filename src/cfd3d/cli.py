@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cfd3d.playground import add_image_command
 
     add_image_command(sub)
+    from cfd3d.priors.embedded.commands import add_commands as add_prior_commands
+
+    add_prior_commands(sub)
     return parser
 
 

@@ -1,1 +1,26 @@
 """Turning fields into images: the volume renderer, shading and backgrounds."""
+
+from cfd3d.render.background import (
+    Background,
+    EnvironmentMap,
+    EnvironmentMapConfig,
+    RandomColorBackground,
+    SolidBackground,
+)
+from cfd3d.render.shading import SHADING_MODES, ShadingConfig, ShadingMode
+from cfd3d.render.types import RenderOutput
+from cfd3d.render.volume import RendererConfig, VolumeRenderer
+
+__all__ = [
+    "SHADING_MODES",
+    "Background",
+    "EnvironmentMap",
+    "EnvironmentMapConfig",
+    "RandomColorBackground",
+    "RenderOutput",
+    "RendererConfig",
+    "ShadingConfig",
+    "ShadingMode",
+    "SolidBackground",
+    "VolumeRenderer",
+]

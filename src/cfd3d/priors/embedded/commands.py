@@ -1,5 +1,4 @@
-"""CLI commands of the embedded prior: ``sample`` and ``prior-vocab``
-(``train-prior`` lives with the toy world in :mod:`cfd3d.priors.embedded.world`)."""
+"""CLI commands of the embedded prior: ``train-prior``, ``sample`` and ``prior-vocab``."""
 
 from __future__ import annotations
 
@@ -57,6 +56,69 @@ def _run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_train(args: argparse.Namespace) -> int:
+    from dataclasses import asdict, replace
+
+    from tqdm import tqdm
+
+    from cfd3d.priors.embedded.tokenizer import WordTokenizer
+    from cfd3d.priors.embedded.training import TrainConfig, train
+    from cfd3d.priors.embedded.weights import write_weights
+    from cfd3d.priors.embedded.world import WorldConfig, caption, render_world, vocabulary
+
+    if args.steps is not None and args.steps <= 0:
+        raise ConfigError("--steps must be a positive integer")
+    if args.dataset_size is not None and args.dataset_size <= 0:
+        raise ConfigError("--dataset-size must be a positive integer")
+    config = TrainConfig(seed=args.seed)
+    if args.steps is not None:
+        config = replace(config, steps=args.steps)
+    if args.dataset_size is not None:
+        config = replace(config, dataset_size=args.dataset_size)
+    world = WorldConfig(image_size=config.unet.image_size)
+    ensure_writable_dir(args.work)
+    ensure_writable_dir(args.out.parent)
+    tic = time.perf_counter()
+    data_file = args.work / "dataset.pt"
+    key = {"world": asdict(world), "n": config.dataset_size, "seed": config.seed}
+    cached = torch.load(data_file, weights_only=False) if data_file.exists() else None
+    if cached is not None and cached["key"] == key:
+        images, items = cached["images"], cached["items"]
+    else:
+        images, items = render_world(world, config.dataset_size, config.seed, progress=True)
+        buffer = __import__("io").BytesIO()
+        torch.save({"key": key, "images": images, "items": items}, buffer)
+        atomic_write_bytes(data_file, buffer.getvalue())
+    tokenizer = WordTokenizer(vocabulary(), config.unet.max_tokens)
+    bar = tqdm(total=config.steps, desc="training the embedded prior", unit="step")
+
+    def progress(step: int, loss: float, seconds: float) -> None:
+        bar.n = step + 1
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        bar.refresh()
+
+    model = train(
+        config,
+        images,
+        lambda i, gen: caption(items[i], world, gen),
+        tokenizer,
+        checkpoint=args.work / "checkpoint.pt",
+        progress=progress,
+    )
+    bar.close()
+    minutes = (time.perf_counter() - tic) / 60
+    metadata = {
+        "vocabulary": list(tokenizer.words),
+        "schedule": "scaled_linear",
+        "train_config": asdict(config),
+        "world_config": asdict(world),
+        "command": f"cfd3d train-prior --seed {config.seed} --steps {config.steps}",
+    }
+    checksum = write_weights(model, metadata, args.out)
+    print(f"wrote {args.out} (sha256 {checksum[:12]}..., {minutes:.1f} min this call)")
+    return 0
+
+
 def _run_vocab(args: argparse.Namespace) -> int:
     prior = EmbeddedPrior.load()
     print(" ".join(prior.tokenizer.words))
@@ -64,8 +126,37 @@ def _run_vocab(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``cfd3d sample`` and ``cfd3d prior-vocab``."""
+    """Register ``cfd3d train-prior``, ``cfd3d sample`` and ``cfd3d prior-vocab``."""
     from pathlib import Path
+
+    train = subparsers.add_parser(
+        "train-prior",
+        help="train the embedded toy-world prior from scratch",
+        description=(
+            "Render the toy world and train the embedded prior on it (about an hour on 2 CPU "
+            "cores with the defaults). Interrupted runs resume from --work. The shipped "
+            "weights were made with the defaults and --seed 0; copy the result to "
+            "src/cfd3d/assets/ (with its .sha256) to replace them."
+        ),
+    )
+    train.add_argument("--seed", type=int, default=0, help="seeds the data and the training")
+    train.add_argument("--steps", type=int, default=None, help="training steps (default 3500)")
+    train.add_argument(
+        "--dataset-size", type=int, default=None, help="number of rendered images (default 16000)"
+    )
+    train.add_argument(
+        "--work",
+        type=Path,
+        default=Path("out/train-prior"),
+        help="folder for the rendered dataset and the resumable checkpoint",
+    )
+    train.add_argument(
+        "--out",
+        type=Path,
+        default=Path("out/train-prior/embedded_prior.safetensors"),
+        help="where to write the weights (a .sha256 file is written beside them)",
+    )
+    train.set_defaults(run=_run_train)
 
     sample = subparsers.add_parser(
         "sample",

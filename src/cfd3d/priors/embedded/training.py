@@ -48,7 +48,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     cfg_dropout: float = 0.1
     ema_decay: float = 0.999
-    dataset_size: int = 24000
+    dataset_size: int = 16000
     seed: int = 0
     checkpoint_every: int = 250
     unet: UNetConfig = field(default_factory=lambda: UNetConfig(channels=(48, 96, 128)))

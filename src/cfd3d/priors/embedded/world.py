@@ -1,0 +1,165 @@
+"""The toy world the embedded prior learns: scenes, their renders and their captions.
+
+Every training image is a ground-truth toy scene (:mod:`cfd3d.scene.toy`) rendered by the
+project's volume renderer from the camera distribution that distillation uses
+(:class:`~cfd3d.scene.sampling.CameraSamplerConfig` defaults), with the same shading
+(:data:`WORLD_SHADING`, a random point light plus ambient, or flat albedo) on the same
+white background. Three families:
+
+* one primitive: :data:`BASIC_SHAPES` x all :data:`~cfd3d.scene.toy.COLORS`;
+* a head (a ball with a pale face on its front): the view-dependent family, where 3D
+  consistency and Janus failures show;
+* two primitives in a relation ("a red cube on top of a blue sphere", "... next to ...",
+  the first on the left as seen from the front).
+
+Captions are drawn afresh each time an image is used (:func:`caption`): sometimes with a
+DreamFusion view phrase (", front view"), and for single primitives sometimes without the
+shape ("a red object") or the colour ("a torus"), so that underspecified prompts have
+several valid answers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cfd3d.render.shading import ShadingConfig
+from cfd3d.scene.sampling import CameraSamplerConfig, sample_cameras, view_labels
+from cfd3d.scene.toy import COLORS, RELATIONS, ToyScene, pair, single
+
+BASIC_SHAPES: tuple[str, ...] = ("sphere", "cube", "cylinder", "cone", "torus", "capsule")
+"""Shapes of the single-primitive and composition families (the head is its own family)."""
+
+WORLD_SHADING = ShadingConfig(mode="diffuse", ambient=0.35, diffuse=0.65, light_jitter=0.3)
+"""Lighting of the toy world; distillation with the embedded prior renders with it too."""
+
+VIEW_WORDS: tuple[str, ...] = ("front", "side", "back", "overhead")
+
+
+def vocabulary() -> tuple[str, ...]:
+    """Every word a toy-world caption can contain, in a fixed order."""
+    words = ["a", ",", "view", "object", "head", "on", "top", "of", "next", "to"]
+    words += list(COLORS) + list(BASIC_SHAPES) + list(VIEW_WORDS)
+    return tuple(words)
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """What the training set contains.
+
+    Attributes:
+        image_size: render size in pixels (square).
+        p_head: fraction of images showing a head.
+        p_pair: fraction of images showing two primitives.
+        p_albedo: fraction rendered with flat albedo instead of the point light.
+        p_view: probability that a caption carries its view phrase.
+        p_no_shape: probability that a single primitive's caption omits the shape.
+        p_no_color: probability that a single primitive's (or head's) caption omits the
+            colour.
+        n_samples: renderer samples per ray.
+        views_per_scene: consecutive images showing one scene from different cameras
+            (rendered as one batch).
+    """
+
+    image_size: int = 32
+    p_head: float = 0.12
+    p_pair: float = 0.33
+    p_albedo: float = 0.2
+    p_view: float = 0.5
+    p_no_shape: float = 0.15
+    p_no_color: float = 0.15
+    n_samples: int = 64
+    views_per_scene: int = 4
+
+
+@dataclass(frozen=True)
+class Item:
+    """One training image's content: the scene and the view it was seen from."""
+
+    scene: ToyScene
+    view: str
+
+
+def random_scene(config: WorldConfig, gen: torch.Generator) -> ToyScene:
+    """A scene drawn from the world's families."""
+    colors = list(COLORS)
+
+    def pick(options: list[str] | tuple[str, ...]) -> str:
+        return options[int(torch.randint(0, len(options), (), generator=gen))]
+
+    u = float(torch.rand((), generator=gen))
+    if u < config.p_head:
+        return single(pick(colors), "head")
+    if u < config.p_head + config.p_pair:
+        ca, sa = pick(colors), pick(BASIC_SHAPES)
+        cb, sb = pick(colors), pick(BASIC_SHAPES)
+        while (cb, sb) == (ca, sa):
+            cb, sb = pick(colors), pick(BASIC_SHAPES)
+        return pair(ca, sa, pick(list(RELATIONS)), cb, sb)
+    return single(pick(colors), pick(BASIC_SHAPES))
+
+
+def caption(item: Item, config: WorldConfig, gen: torch.Generator) -> str:
+    """A caption for ``item``, drawn afresh (see the module docstring)."""
+
+    def chance(p: float) -> bool:
+        return float(torch.rand((), generator=gen)) < p
+
+    scene = item.scene
+    if len(scene.primitives) == 2:
+        text = scene.caption()
+    else:
+        prim = scene.primitives[0]
+        no_color = chance(config.p_no_color)
+        no_shape = prim.shape != "head" and not no_color and chance(config.p_no_shape)
+        shape = "object" if no_shape else prim.shape
+        text = f"a {shape}" if no_color else f"a {prim.color} {shape}"
+    if chance(config.p_view):
+        text = f"{text}, {item.view} view"
+    return text
+
+
+def render_world(
+    config: WorldConfig,
+    n: int,
+    seed: int,
+    cameras: CameraSamplerConfig | None = None,
+    progress: bool = False,
+) -> tuple[torch.Tensor, list[Item]]:
+    """Render ``n`` toy-world images.
+
+    Returns:
+        ``(n, 3, S, S)`` uint8 images and their :class:`Item` descriptions.
+    """
+    from tqdm import tqdm
+
+    from cfd3d.render.volume import RendererConfig, VolumeRenderer
+
+    renderer = VolumeRenderer(RendererConfig(n_samples=config.n_samples, shading=WORLD_SHADING))
+    cameras = cameras or CameraSamplerConfig()
+    gen = torch.Generator().manual_seed(seed)
+    size = config.image_size
+    images = torch.empty((n, 3, size, size), dtype=torch.uint8)
+    items: list[Item] = []
+    per_scene = config.views_per_scene
+    with tqdm(total=n, desc="rendering the toy world", disable=not progress, unit="img") as bar:
+        for start in range(0, n, per_scene):
+            k = min(per_scene, n - start)
+            scene = random_scene(config, gen)
+            camera = sample_cameras(cameras, k, gen)
+            albedo = float(torch.rand((), generator=gen)) < config.p_albedo
+            with torch.no_grad():
+                out = renderer(
+                    scene,
+                    camera,
+                    size,
+                    size,
+                    shading="albedo" if albedo else "diffuse",
+                    generator=gen,
+                )
+            pixels = (out.rgb.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 3, 1, 2)
+            images[start : start + k] = pixels
+            items += [Item(scene, label) for label in view_labels(camera)]
+            bar.update(k)
+    return images, items

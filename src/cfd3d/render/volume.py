@@ -1,0 +1,270 @@
+"""The differentiable volume renderer, as a composition of small stages:
+
+rays → bounding-sphere intersection → stratified samples → (importance resampling) →
+field query → normals → shading → alpha compositing → background.
+
+Everything is vectorised over all rays of all views; rays that miss the sphere are never
+sampled, and samples only ever lie inside it. No device is hard-coded: the renderer runs
+where the cameras and the field live.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from cfd3d.errors import ConfigError
+from cfd3d.render.background import Background, SolidBackground
+from cfd3d.render.compositing import Composite, composite, compositing_weights
+from cfd3d.render.rays import (
+    importance_samples,
+    intersect_sphere,
+    interval_edges,
+    stratified_samples,
+)
+from cfd3d.render.shading import SHADING_MODES, ShadingConfig, ShadingMode, light_positions, shade
+from cfd3d.render.types import RenderOutput
+from cfd3d.scene.cameras import Cameras
+from cfd3d.scene.fields import NORMAL_METHODS, Field, NormalMethod, field_normals
+
+
+@dataclass(frozen=True)
+class RendererConfig:
+    """The volume renderer.
+
+    Attributes:
+        bound: radius of the bounding sphere around the origin; nothing outside is rendered.
+        n_samples: stratified samples per ray (jittered when a generator is given).
+        n_importance: extra samples per ray drawn from the stratified samples' weights
+            (0: none). Both sets are queried once and merged.
+        shading: default shading (light intensities and placement); the mode can be
+            overridden per call.
+        normals: also return the normal map when the shading does not need normals.
+        normal_method: how normals are differentiated for fields without their own
+            ``normals()`` (``"central"`` differences or ``"autograd"``).
+        normal_eps: central-difference step in world units.
+        opacity_eps: floor of the opacity in the conditional depth and of the normal's
+            length (see :class:`cfd3d.render.compositing.Composite`).
+        chunk_rays: rays per field query; bounds memory for large images without
+            changing the result.
+    """
+
+    bound: float = 1.0
+    n_samples: int = 64
+    n_importance: int = 0
+    shading: ShadingConfig = field(default_factory=ShadingConfig)
+    normals: bool = False
+    normal_method: NormalMethod = "central"
+    normal_eps: float = 1e-2
+    opacity_eps: float = 1e-3
+    chunk_rays: int = 16384
+
+    def __post_init__(self) -> None:
+        if self.bound <= 0.0:
+            raise ConfigError(f"renderer bound must be positive, got {self.bound}")
+        if self.n_samples < 1 or self.n_importance < 0:
+            raise ConfigError(
+                f"need n_samples >= 1 and n_importance >= 0, got {self.n_samples} and "
+                f"{self.n_importance}"
+            )
+        if self.normal_method not in NORMAL_METHODS:
+            raise ConfigError(
+                f"unknown normal_method {self.normal_method!r}; valid: {', '.join(NORMAL_METHODS)}"
+            )
+        if self.normal_eps <= 0.0 or self.opacity_eps <= 0.0:
+            raise ConfigError("normal_eps and opacity_eps must be positive")
+        if self.chunk_rays < 1:
+            raise ConfigError(f"chunk_rays must be at least 1, got {self.chunk_rays}")
+
+
+class VolumeRenderer:
+    """Renders a :class:`~cfd3d.scene.fields.Field` from a batch of cameras.
+
+    Example::
+
+        renderer = VolumeRenderer(RendererConfig(n_samples=64))
+        out = renderer(field, cameras, 32, 32, shading="diffuse", generator=gen)
+        out.rgb  # (B, 32, 32, 3)
+    """
+
+    def __init__(self, config: RendererConfig | None = None):
+        self.config = config or RendererConfig()
+
+    def _shading(self, shading: ShadingMode | ShadingConfig | None) -> ShadingConfig:
+        if shading is None:
+            return self.config.shading
+        if isinstance(shading, ShadingConfig):
+            return shading
+        if shading not in SHADING_MODES:
+            raise ConfigError(
+                f"unknown shading mode {shading!r}; valid: {', '.join(SHADING_MODES)}"
+            )
+        return replace(self.config.shading, mode=shading)
+
+    def __call__(
+        self,
+        field: Field,
+        cameras: Cameras,
+        height: int,
+        width: int,
+        *,
+        shading: ShadingMode | ShadingConfig | None = None,
+        background: Background | None = None,
+        generator: torch.Generator | None = None,
+    ) -> RenderOutput:
+        """Render ``B = len(cameras)`` views.
+
+        Args:
+            field: what to render.
+            cameras: ``B`` cameras.
+            height, width: image size in pixels.
+            shading: a mode name (with the config's light settings), a full
+                :class:`ShadingConfig`, or ``None`` for the config's.
+            background: the background (default: solid white).
+            generator: randomness for training (jittered samples, random lights, random
+                background colours); ``None`` renders deterministically.
+
+        Returns:
+            :class:`RenderOutput` with ``(B, H, W, C)`` maps; ``normal`` is set when the
+            shading needs normals or ``config.normals`` is true.
+        """
+        shading_config = self._shading(shading)
+        background = background or SolidBackground()
+        origins, directions = cameras.rays(height, width)
+        n_views = len(cameras)
+        ray_lights = None
+        if shading_config.needs_normals:
+            lights = light_positions(cameras, shading_config, generator)
+            ray_lights = lights[:, None, :].expand(n_views, height * width, 3).reshape(-1, 3)
+        result = self.render_rays(
+            field,
+            origins.reshape(-1, 3),
+            directions.reshape(-1, 3),
+            shading=shading_config,
+            lights=ray_lights,
+            generator=generator,
+        )
+
+        def image(values: torch.Tensor) -> torch.Tensor:
+            return values.view(n_views, height, width, values.shape[-1])
+
+        opacity = image(result.opacity)
+        rgb = image(result.color) + (1.0 - opacity) * background(directions, generator)
+        normal = None if result.normal is None else image(result.normal)
+        return RenderOutput(rgb=rgb, opacity=opacity, depth=image(result.depth), normal=normal)
+
+    def render_rays(
+        self,
+        field: Field,
+        origins: torch.Tensor,
+        directions: torch.Tensor,
+        *,
+        shading: ShadingMode | ShadingConfig | None = None,
+        lights: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Composite:
+        """Render ``R`` arbitrary rays (e.g. a random batch of pixels from many views).
+
+        Args:
+            field: what to render.
+            origins: ``(R, 3)`` ray origins.
+            directions: ``(R, 3)`` unit ray directions.
+            shading: as in :meth:`__call__`.
+            lights: ``(R, 3)`` light position for each ray; required unless the shading
+                mode is ``"albedo"``.
+            generator: randomness (jittered samples); ``None`` is deterministic.
+
+        Returns:
+            A :class:`~cfd3d.render.compositing.Composite` of ``R`` rays without
+            background (colour premultiplied by opacity); rays that miss the bounding
+            sphere are zero. ``normal`` is set when the shading needs normals or
+            ``config.normals`` is true.
+        """
+        shading_config = self._shading(shading)
+        want_normals = self.config.normals or shading_config.needs_normals
+        if shading_config.needs_normals and lights is None:
+            raise ValueError(f"shading mode {shading_config.mode!r} needs light positions")
+        if lights is None:
+            lights = torch.zeros_like(origins)
+        t_near, t_far, hit = intersect_sphere(origins, directions, self.config.bound)
+        index = hit.nonzero()[:, 0]
+        chunks = []
+        for start in range(0, index.shape[0], self.config.chunk_rays):
+            sel = index[start : start + self.config.chunk_rays]
+            chunks.append(
+                self._render_hits(
+                    field,
+                    origins[sel],
+                    directions[sel],
+                    t_near[sel],
+                    t_far[sel],
+                    lights[sel],
+                    shading_config,
+                    want_normals,
+                    generator,
+                )
+            )
+
+        def scatter(values: list[torch.Tensor], channels: int) -> torch.Tensor:
+            full = origins.new_zeros(origins.shape[0], channels)
+            if not values:
+                return full
+            return full.index_copy(0, index, torch.cat(values, dim=0))
+
+        return Composite(
+            color=scatter([c.color for c in chunks], 3),
+            opacity=scatter([c.opacity for c in chunks], 1),
+            depth=scatter([c.depth for c in chunks], 1),
+            normal=scatter([c.normal for c in chunks], 3) if want_normals else None,
+        )
+
+    def _render_hits(
+        self,
+        field: Field,
+        origins: torch.Tensor,
+        directions: torch.Tensor,
+        near: torch.Tensor,
+        far: torch.Tensor,
+        lights: torch.Tensor,
+        shading: ShadingConfig,
+        want_normals: bool,
+        generator: torch.Generator | None,
+    ) -> Composite:
+        """Render ``R`` rays that hit the sphere; all inputs ``(R, ...)``."""
+        cfg = self.config
+        n_rays = origins.shape[0]
+        t = stratified_samples(near, far, cfg.n_samples, generator)
+        points = origins[:, None, :] + t[..., None] * directions[:, None, :]
+        out = field(points.reshape(-1, 3))
+        density = out.density.view(n_rays, -1)
+        albedo = out.albedo.view(n_rays, -1, 3)
+        if cfg.n_importance > 0:
+            edges = interval_edges(t, near, far)
+            weights = compositing_weights(density.detach(), edges.diff(dim=-1))
+            t_fine = importance_samples(edges, weights, cfg.n_importance, generator)
+            fine_points = origins[:, None, :] + t_fine[..., None] * directions[:, None, :]
+            fine = field(fine_points.reshape(-1, 3))
+            t, order = torch.cat([t, t_fine], dim=-1).sort(dim=-1)
+            points = torch.cat([points, fine_points], dim=1).gather(
+                1, order[..., None].expand(-1, -1, 3)
+            )
+            density = torch.cat([density, fine.density.view(n_rays, -1)], dim=-1).gather(1, order)
+            albedo = torch.cat([albedo, fine.albedo.view(n_rays, -1, 3)], dim=1).gather(
+                1, order[..., None].expand(-1, -1, 3)
+            )
+        flat_points = points.reshape(-1, 3)
+        normals = None
+        if want_normals:
+            normals = field_normals(field, flat_points, cfg.normal_method, cfg.normal_eps)
+        n_per_ray = t.shape[1]
+        sample_lights = lights[:, None, :].expand(n_rays, n_per_ray, 3).reshape(-1, 3)
+        color = shade(shading, albedo.reshape(-1, 3), flat_points, normals, sample_lights)
+        weights = compositing_weights(density, interval_edges(t, near, far).diff(dim=-1))
+        return composite(
+            weights,
+            t,
+            color.view(n_rays, n_per_ray, 3),
+            None if normals is None else normals.view(n_rays, n_per_ray, 3),
+            cfg.opacity_eps,
+        )
