@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cfd3d.priors.embedded.commands import add_commands as add_prior_commands
 
     add_prior_commands(sub)
+    from cfd3d.generate.command import add_generate_command
+
+    add_generate_command(sub)
     return parser
 
 

@@ -112,3 +112,19 @@ def test_voxel_grid_interpolates_its_vertices_and_gets_gradients():
 def test_invalid_field_configs_are_config_errors(factory, kwargs):
     with pytest.raises(ConfigError):
         factory(**kwargs)
+
+
+def test_voxel_grid_sample_path_equals_the_pure_trilinear_twin():
+    gen = torch.Generator().manual_seed(3)
+    fast = VoxelGridField(VoxelGridConfig(resolution=9, init_noise=0.5), generator=gen)
+    slow = VoxelGridField(VoxelGridConfig(resolution=9))
+    slow.load_state_dict(fast.state_dict())
+    slow.fast_interpolation = False
+    points = torch.rand(500, 3, generator=gen) * 2.4 - 1.2  # some outside the box
+    a, b = fast(points), slow(points)
+    torch.testing.assert_close(a.density, b.density, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.albedo, b.albedo, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.normals(points), slow.normals(points), atol=1e-4, rtol=1e-4)
+    a.density.sum().backward()
+    b.density.sum().backward()
+    torch.testing.assert_close(fast.raw_density.grad, slow.raw_density.grad, atol=1e-5, rtol=1e-5)

@@ -10,7 +10,15 @@ from cfd3d.errors import ConfigError
 from cfd3d.priors.base import Prior
 from cfd3d.priors.gmm import shapes_prior
 
+
+def _embedded() -> Prior:
+    from cfd3d.priors.embedded.prior import EmbeddedPrior
+
+    return EmbeddedPrior.load()
+
+
 PRIORS: dict[str, Callable[[], Prior]] = {
+    "embedded": _embedded,
     "gmm": shapes_prior,
 }
 

@@ -171,8 +171,19 @@ def _schedule_from_config(scheduler_config: dict) -> tuple[NoiseSchedule, str]:
     return schedule, prediction
 
 
+def _device_and_dtype(config: StableDiffusionConfig) -> tuple[torch.device, torch.dtype]:
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if config.dtype == "auto":
+        return device, torch.float16 if device.type == "cuda" else torch.float32
+    return device, getattr(torch, config.dtype)
+
+
 class StableDiffusionPrior(Prior):
-    """A Stable Diffusion 1.x / 2.x checkpoint as a :class:`Prior`."""
+    """A Stable Diffusion 1.x / 2.x checkpoint as a :class:`Prior`.
+
+    ``StableDiffusionPrior(config)`` loads ``config.model``; :meth:`from_modules` wraps
+    modules already in memory.
+    """
 
     def __init__(self, config: StableDiffusionConfig) -> None:
         try:
@@ -182,26 +193,79 @@ class StableDiffusionPrior(Prior):
             raise ImportError(
                 "Stable Diffusion priors need diffusers and transformers: pip install 'cfd3d[sd]'"
             ) from exc
-        self.config = config
         folder = resolve_model_folder(config.model, config.revision)
-        device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if config.dtype == "auto":
-            dtype = torch.float16 if device.type == "cuda" else torch.float32
-        else:
-            dtype = getattr(torch, config.dtype)
-        self._device, self.dtype = device, dtype
+        _, dtype = _device_and_dtype(config)
         scheduler_config = json.loads(
             next((folder / "scheduler").glob("scheduler_config.json")).read_text()
         )
-        self.schedule, self.prediction_type = _schedule_from_config(scheduler_config)
-        self.tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
-        self.text_encoder = CLIPTextModel.from_pretrained(
-            folder, subfolder="text_encoder", torch_dtype=dtype
+        schedule = _schedule_from_config(scheduler_config)  # fail before loading weights
+        self._assemble(
+            config,
+            unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype),
+            vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype),
+            text_encoder=CLIPTextModel.from_pretrained(
+                folder, subfolder="text_encoder", torch_dtype=dtype
+            ),
+            tokenizer=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
+            schedule=schedule,
         )
-        self.unet = UNet2DConditionModel.from_pretrained(
-            folder, subfolder="unet", torch_dtype=dtype
+
+    @classmethod
+    def from_modules(
+        cls,
+        config: StableDiffusionConfig,
+        *,
+        unet,
+        vae,
+        text_encoder,
+        tokenizer,
+        scheduler_config: dict,
+    ) -> StableDiffusionPrior:
+        """A prior from diffusers/transformers modules already in memory (e.g. the random
+        ones of :func:`cfd3d.priors.sd_random.build_random_components`).
+
+        ``config.model`` and ``config.revision`` are ignored; the modules are cast to the
+        config's dtype and moved to its device in place.
+
+        Args:
+            config: device, dtype and memory options.
+            unet: ``UNet2DConditionModel``.
+            vae: ``AutoencoderKL``.
+            text_encoder: ``CLIPTextModel``.
+            tokenizer: ``CLIPTokenizer``.
+            scheduler_config: the scheduler's config (``dict(scheduler.config)``).
+        """
+        _, dtype = _device_and_dtype(config)
+        for module in (unet, vae, text_encoder):
+            if module.dtype != dtype:
+                module.to(dtype=dtype)
+        prior = cls.__new__(cls)
+        prior._assemble(
+            config,
+            unet=unet,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            schedule=_schedule_from_config(dict(scheduler_config)),
         )
-        self.vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype)
+        return prior
+
+    def _assemble(
+        self,
+        config: StableDiffusionConfig,
+        *,
+        unet,
+        vae,
+        text_encoder,
+        tokenizer,
+        schedule: tuple[NoiseSchedule, str],
+    ) -> None:
+        self.config = config
+        device, dtype = _device_and_dtype(config)
+        self._device, self.dtype = device, dtype
+        self.schedule, self.prediction_type = schedule
+        self.tokenizer = tokenizer
+        self.text_encoder, self.unet, self.vae = text_encoder, unet, vae
         for module in (self.text_encoder, self.unet, self.vae):
             module.requires_grad_(False).eval()
         self._setup_memory(config, device)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from cfd3d.errors import ConfigError
 from cfd3d.render.rays import uniform
 from cfd3d.scene.cameras import Cameras
+from cfd3d.scene.fields import unit_vectors
 
 ShadingMode = Literal["albedo", "diffuse", "textureless"]
 SHADING_MODES: tuple[str, ...] = ("albedo", "diffuse", "textureless")
@@ -112,7 +113,7 @@ def shade(
         return albedo
     if normals is None:
         raise ValueError(f"shading mode {config.mode!r} needs normals")
-    to_light = F.normalize(lights - points, dim=-1)
+    to_light = unit_vectors(lights - points)
     lambert = (normals * to_light).sum(dim=-1, keepdim=True).clamp_min(0.0)
     light = config.ambient + config.diffuse * lambert
     if config.mode == "textureless":

@@ -108,3 +108,9 @@ def blob_bias(points: torch.Tensor, blob_density: float, blob_radius: float) -> 
         ``(N,)`` bias.
     """
     return blob_density * (1.0 - points.norm(dim=-1) / blob_radius)
+
+
+def unit_vectors(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """``x / max(|x|, eps)`` over the last axis, like ``F.normalize`` but several times
+    faster on the CPU for ``(N, 3)`` inputs (no general vector-norm kernel)."""
+    return x * torch.rsqrt((x * x).sum(dim=-1, keepdim=True).clamp_min(eps * eps))

@@ -17,7 +17,7 @@ from torch import nn
 
 from cfd3d.errors import ConfigError
 from cfd3d.scene.encoding import trilinear_interpolate
-from cfd3d.scene.fields import FieldOutput, blob_bias
+from cfd3d.scene.fields import FieldOutput, blob_bias, unit_vectors
 
 
 @dataclass(frozen=True)
@@ -73,21 +73,36 @@ class VoxelGridField(nn.Module):
         if config.init_noise > 0.0:
             density = density + config.init_noise * torch.randn(density.shape, generator=generator)
             color = color + config.init_noise * torch.randn(color.shape, generator=generator)
+        self.fast_interpolation = True
         self.raw_density = nn.Parameter(density)
         self.raw_color = nn.Parameter(color)
 
     def _unit(self, points: torch.Tensor) -> torch.Tensor:
         return ((points / self.config.bound + 1.0) * 0.5).clamp(0.0, 1.0)
 
+    def _interpolate(self, grid: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """Trilinear values ``(N, C)`` of a ``(R, R, R, C)`` vertex grid at world points.
+
+        ``F.grid_sample`` computes the same interpolant as
+        :func:`cfd3d.scene.encoding.trilinear_interpolate` (tested) about twice as fast,
+        forward and backward, on the CPU.
+        """
+        if not self.fast_interpolation:
+            return trilinear_interpolate(grid, self._unit(points))
+        coords = (self._unit(points) * 2.0 - 1.0)[None, :, None, None, :]
+        volume = grid.permute(3, 2, 1, 0)[None]  # (1, C, z, y, x)
+        out = F.grid_sample(volume, coords, mode="bilinear", align_corners=True)
+        return out[0, :, :, 0, 0].transpose(0, 1)
+
     def density(self, points: torch.Tensor) -> torch.Tensor:
         """``(N,)`` density at ``points`` ``(N, 3)``."""
-        raw = trilinear_interpolate(self.raw_density[..., None], self._unit(points))[:, 0]
+        raw = self._interpolate(self.raw_density[..., None], points)[:, 0]
         return F.softplus(raw + self.config.density_shift)
 
     def forward(self, points: torch.Tensor) -> FieldOutput:
         """Density ``(N,)`` and albedo ``(N, 3)`` at world-space ``points`` ``(N, 3)``."""
         grid = torch.cat([self.raw_density[..., None], self.raw_color], dim=-1)
-        values = trilinear_interpolate(grid, self._unit(points))
+        values = self._interpolate(grid, points)
         density = F.softplus(values[:, 0] + self.config.density_shift)
         return FieldOutput(density=density, albedo=torch.sigmoid(values[:, 1:]))
 
@@ -95,5 +110,5 @@ class VoxelGridField(nn.Module):
         """``(N, 3)`` outward unit normals from the interpolated grid gradient."""
         spacing = 2.0 * self.config.bound / (self.config.resolution - 1)
         grads = torch.gradient(self.raw_density, spacing=spacing)
-        grad = trilinear_interpolate(torch.stack(grads, dim=-1), self._unit(points))
-        return -F.normalize(grad, dim=-1, eps=1e-12)
+        grad = self._interpolate(torch.stack(grads, dim=-1), points)
+        return -unit_vectors(grad)

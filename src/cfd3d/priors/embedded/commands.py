@@ -47,7 +47,7 @@ def _run_sample(args: argparse.Namespace) -> int:
         raise ConfigError("-n and --steps must be positive integers")
     out = args.out
     ensure_writable_dir(out.parent if out.suffix else out)
-    prior = EmbeddedPrior.load()
+    prior = EmbeddedPrior.load(args.weights)
     tic = time.perf_counter()
     images = sample_images(prior, args.prompt, args.n, args.guidance, args.steps, args.seed)
     pixels = (images.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
@@ -140,7 +140,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     train.add_argument("--seed", type=int, default=0, help="seeds the data and the training")
-    train.add_argument("--steps", type=int, default=None, help="training steps (default 3500)")
+    train.add_argument("--steps", type=int, default=None, help="training steps (default 3000)")
     train.add_argument(
         "--dataset-size", type=int, default=None, help="number of rendered images (default 16000)"
     )
@@ -169,6 +169,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     sample.add_argument("--steps", type=int, default=50, help="DDIM steps")
     sample.add_argument("--seed", type=int, default=0, help="random seed")
     sample.add_argument("--out", type=Path, default=Path("out/samples.png"), help="PNG path")
+    sample.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="a weights file from 'cfd3d train-prior' (default: the shipped weights)",
+    )
     sample.set_defaults(run=_run_sample)
     vocab = subparsers.add_parser(
         "prior-vocab",

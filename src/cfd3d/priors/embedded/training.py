@@ -41,7 +41,7 @@ class TrainConfig:
         unet: the architecture.
     """
 
-    steps: int = 3500
+    steps: int = 3000
     batch_size: int = 48
     lr: float = 1e-3
     warmup: int = 200

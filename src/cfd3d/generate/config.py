@@ -1,0 +1,365 @@
+"""The typed configuration of a text-to-3D run, its presets, and its JSON form.
+
+A run is fully described by one :class:`GenerateConfig`; ``config.json`` in the output
+folder is that object written by :func:`save_config` and read back by
+:func:`load_config`, so ``cfd3d generate --config DIR/config.json`` repeats a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from cfd3d.distill.methods import METHODS, get_method
+from cfd3d.distill.timesteps import PAPER_KNOTS, TimestepSchedule
+from cfd3d.distill.weighting import WEIGHTINGS
+from cfd3d.errors import ConfigError
+from cfd3d.export.formats import check_format
+from cfd3d.noise.config import NoiseConfig
+from cfd3d.render.shading import ShadingConfig
+from cfd3d.scene.encoding import HashGridConfig
+from cfd3d.scene.nerf import NeRFConfig
+from cfd3d.scene.sampling import CameraSamplerConfig
+from cfd3d.scene.voxel import VoxelGridConfig
+
+FieldKind = Literal["voxel", "nerf"]
+BackgroundKind = Literal["white", "random", "environment"]
+
+NOISE_OF_METHOD: dict[str, str] = {"cfd": "integral", "sds": "fresh", "fsd": "panorama"}
+"""Each method's noise source (``"fixed"``, CFD without consistency, is an ablation)."""
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Everything a ``cfd3d generate`` run depends on.
+
+    Attributes:
+        prompt: the text prompt.
+        prior: ``"embedded"``, or a Stable Diffusion hub id / diffusers folder.
+        method: ``"cfd"``, ``"sds"`` or ``"fsd"``.
+        preset: the preset the run started from (informational once resolved).
+        seed: seeds the field, the cameras, the noise and the timesteps.
+        steps: optimisation steps.
+        guidance_scale: classifier-free guidance scale.
+        negative_prompt: replaces the unconditional branch of guidance when not empty.
+        view_prompts: append DreamFusion's ", front view" etc. to the prompt per camera.
+        cameras: the random training cameras.
+        views_per_step: views rendered and distilled per step.
+        render_size: render resolution (square); the prior's noise size must divide it.
+        n_samples, n_importance: renderer samples per ray.
+        shading: light settings; each step picks albedo / textureless / diffuse shading
+            with probabilities ``p_albedo``, ``p_textureless`` and the rest.
+        p_albedo, p_textureless: see ``shading``.
+        background: ``"white"``, ``"random"`` colour per view, or a learned
+            ``"environment"`` map.
+        field: ``"voxel"`` (dense grid, fastest on a CPU) or ``"nerf"`` (hash grid).
+        voxel, nerf: the fields' parameters.
+        lr: Adam learning rate of the grid parameters (voxel values, hash tables).
+        lr_mlp: Adam learning rate of MLPs and the environment map.
+        betas: Adam betas.
+        timesteps: the timestep schedule (``None``: the method's default).
+        weighting: ``w(t)`` (``None``: the method's default).
+        gamma_start, gamma_end: the clean-flow SDE refresh rate decays geometrically
+            between these (0 and 0: the ODE).
+        noise: the noise source (``None``: the method's, seeded by ``seed``).
+        low_vram: Stable Diffusion: float16, attention slicing, sequential CPU offload.
+        dtype: Stable Diffusion weights' precision.
+        device: ``"cpu"``, ``"cuda"``... (``None``: CUDA when available).
+        checkpoint_every: steps between checkpoints.
+        keep_checkpoints: how many recent checkpoints are kept.
+        max_bad_steps: consecutive non-finite steps after which the run stops.
+        formats: mesh formats written besides the run (``glb``, ``obj``, ``ply``).
+        mesh_resolution: marching-cubes cells per axis.
+        mesh_threshold: density of the extracted surface.
+        turntable_frames, turntable_size, fps: the turntable video.
+    """
+
+    prompt: str
+    prior: str = "embedded"
+    method: str = "cfd"
+    preset: str = "cpu-demo"
+    seed: int = 0
+    steps: int = 500
+    guidance_scale: float = 1.5
+    negative_prompt: str = ""
+    view_prompts: bool = True
+    cameras: CameraSamplerConfig = dataclasses.field(default_factory=CameraSamplerConfig)
+    views_per_step: int = 2
+    render_size: int = 32
+    n_samples: int = 64
+    n_importance: int = 0
+    shading: ShadingConfig = dataclasses.field(
+        default_factory=lambda: ShadingConfig(
+            mode="diffuse", ambient=0.35, diffuse=0.65, light_jitter=0.3
+        )
+    )
+    p_albedo: float = 0.2
+    p_textureless: float = 0.0
+    background: str = "white"
+    field: str = "voxel"
+    voxel: VoxelGridConfig = dataclasses.field(default_factory=VoxelGridConfig)
+    nerf: NeRFConfig = dataclasses.field(default_factory=NeRFConfig)
+    lr: float = 0.05
+    lr_mlp: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.99)
+    timesteps: TimestepSchedule | None = None
+    weighting: str | None = None
+    gamma_start: float = 1e-2
+    gamma_end: float = 1e-4
+    noise: NoiseConfig | None = None
+    low_vram: bool = False
+    dtype: str = "auto"
+    device: str | None = None
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    max_bad_steps: int = 10
+    formats: tuple[str, ...] = ("glb",)
+    mesh_resolution: int = 96
+    mesh_threshold: float = 10.0
+    turntable_frames: int = 36
+    turntable_size: int = 128
+    fps: int = 24
+
+    def __post_init__(self) -> None:
+        if not self.prompt.strip():
+            raise ConfigError("the prompt is empty; pass a text prompt, e.g. 'a red cube'")
+        get_method(self.method)
+        if self.field not in ("voxel", "nerf"):
+            raise ConfigError(f"unknown field '{self.field}'; valid: voxel, nerf")
+        if self.background not in ("white", "random", "environment"):
+            raise ConfigError(
+                f"unknown background '{self.background}'; valid: white, random, environment"
+            )
+        if self.weighting is not None and self.weighting not in WEIGHTINGS:
+            raise ConfigError(
+                f"unknown weighting '{self.weighting}'; valid: {', '.join(WEIGHTINGS)}"
+            )
+        positive = {
+            "steps": self.steps,
+            "views_per_step": self.views_per_step,
+            "render_size": self.render_size,
+            "n_samples": self.n_samples,
+            "checkpoint_every": self.checkpoint_every,
+            "keep_checkpoints": self.keep_checkpoints,
+            "max_bad_steps": self.max_bad_steps,
+            "mesh_resolution": self.mesh_resolution,
+            "turntable_frames": self.turntable_frames,
+            "turntable_size": self.turntable_size,
+            "fps": self.fps,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value}")
+        if self.guidance_scale < 0.0 or self.lr <= 0.0 or self.lr_mlp <= 0.0:
+            raise ConfigError("guidance_scale must be >= 0 and learning rates > 0")
+        if min(self.p_albedo, self.p_textureless) < 0.0 or (
+            self.p_albedo + self.p_textureless > 1.0
+        ):
+            raise ConfigError("p_albedo and p_textureless must be >= 0 with a sum <= 1")
+        if not (0.0 <= self.gamma_end <= 1.0 and 0.0 <= self.gamma_start <= 1.0):
+            raise ConfigError("gamma_start and gamma_end must lie in [0, 1]")
+        for fmt in self.formats:
+            check_format(fmt)
+
+    def resolved(self) -> GenerateConfig:
+        """This config with the method's defaults filled in (what ``config.json`` holds)."""
+        method = METHODS[self.method]
+        return replace(
+            self,
+            timesteps=self.timesteps or method.timesteps,
+            weighting=self.weighting or method.weighting,
+            noise=self.noise or NoiseConfig(kind=NOISE_OF_METHOD[self.method], seed=self.seed),  # type: ignore[arg-type]
+        )
+
+
+# ----------------------------------------------------------------------------- presets
+
+_SD_NEGATIVE = "blurry, low quality, low resolution, deformed, oversaturated, cropped, text"
+
+
+def _cpu_demo(prompt: str) -> GenerateConfig:
+    """Embedded prior on a CPU: a 48³ voxel grid rendered at 32², two views per step."""
+    return GenerateConfig(
+        prompt=prompt, preset="cpu-demo", turntable_frames=36, turntable_size=96, fps=12
+    )
+
+
+def _sd_stage1(prompt: str) -> GenerateConfig:
+    """The paper's stage 1 with Stable Diffusion 2.1-base on a GPU (see DESIGN.md)."""
+    return GenerateConfig(
+        prompt=prompt,
+        prior="stabilityai/stable-diffusion-2-1-base",
+        preset="sd-stage1",
+        steps=25000,
+        guidance_scale=70.0,
+        negative_prompt=_SD_NEGATIVE,
+        views_per_step=1,
+        render_size=128,
+        n_samples=64,
+        n_importance=0,
+        shading=ShadingConfig(mode="diffuse", ambient=0.2, diffuse=0.8, light_jitter=0.5),
+        p_albedo=0.2,
+        p_textureless=0.2,
+        background="environment",
+        field="nerf",
+        lr=1e-2,
+        lr_mlp=1e-3,
+        timesteps=TimestepSchedule(kind="annealed", knots=PAPER_KNOTS),
+        checkpoint_every=1000,
+        mesh_resolution=256,
+        turntable_size=256,
+        turntable_frames=72,
+    )
+
+
+def _sd_low_vram(prompt: str) -> GenerateConfig:
+    """Stage 1 for GPUs with little memory: offloaded float16 SD, 64² renders, smaller grid."""
+    base = _sd_stage1(prompt)
+    return replace(
+        base,
+        preset="sd-low-vram",
+        low_vram=True,
+        render_size=64,
+        nerf=NeRFConfig(encoding=HashGridConfig(log2_table_size=16, max_resolution=256)),
+    )
+
+
+def _sd_cpu(prompt: str) -> GenerateConfig:
+    """Stable Diffusion without a GPU: a short, small run (voxel grid, 64² albedo renders)
+    that checks a checkpoint end to end; real assets need a GPU and ``sd-stage1``."""
+    return GenerateConfig(
+        prompt=prompt,
+        prior="stabilityai/stable-diffusion-2-1-base",
+        preset="sd-cpu",
+        steps=200,
+        guidance_scale=7.5,
+        negative_prompt=_SD_NEGATIVE,
+        views_per_step=1,
+        render_size=64,
+        n_samples=48,
+        p_albedo=1.0,
+        lr=0.05,
+        checkpoint_every=50,
+        mesh_resolution=64,
+        turntable_frames=24,
+        turntable_size=64,
+        fps=12,
+    )
+
+
+PRESETS: dict[str, typing.Callable[[str], GenerateConfig]] = {
+    "cpu-demo": _cpu_demo,
+    "sd-stage1": _sd_stage1,
+    "sd-low-vram": _sd_low_vram,
+    "sd-cpu": _sd_cpu,
+}
+"""Preset name -> config factory. Defaults: ``cpu-demo`` for the embedded prior;
+``sd-stage1`` for Stable Diffusion on a GPU and ``sd-cpu`` without one."""
+
+
+def default_preset(prior: str, device: str | None) -> str:
+    """The preset a run gets when none is named."""
+    if prior == "embedded":
+        return "cpu-demo"
+    import torch
+
+    on_gpu = device is not None and not device.startswith("cpu")
+    if device is None:
+        on_gpu = torch.cuda.is_available()
+    return "sd-stage1" if on_gpu else "sd-cpu"
+
+
+def preset_config(name: str, prompt: str) -> GenerateConfig:
+    """The preset called ``name`` for ``prompt``.
+
+    Raises:
+        ConfigError: for an unknown preset, listing the valid ones.
+    """
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}'; valid: {', '.join(PRESETS)}")
+    return PRESETS[name](prompt)
+
+
+# ------------------------------------------------------------------------ JSON round trip
+
+
+def config_to_dict(config: GenerateConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: GenerateConfig) -> str:
+    """The config as indented JSON text."""
+    return json.dumps(config_to_dict(config), indent=2) + "\n"
+
+
+def config_from_dict(data: dict[str, Any]) -> GenerateConfig:
+    """Rebuild a :class:`GenerateConfig` from :func:`config_to_dict`'s output.
+
+    Raises:
+        ConfigError: unknown keys or values of the wrong type.
+    """
+    return _build(GenerateConfig, data, "config")
+
+
+def load_config(path: Path) -> GenerateConfig:
+    """Read a ``config.json``.
+
+    Raises:
+        ConfigError: a missing, unreadable or invalid file.
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read config file '{path}' ({exc}); fix or remove it") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a JSON object")
+    return config_from_dict(data)
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a JSON object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {where}")
+    values = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"invalid {where}: {exc}") from None
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(args[0], value, where)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, where) for v in value)
+        if len(args) != len(value):
+            raise ConfigError(f"{where} must have {len(args)} entries, got {value!r}")
+        return tuple(_convert(a, v, where) for a, v in zip(args, value, strict=True))
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and not isinstance(value, hint):
+        raise ConfigError(f"{where} must be of type {hint.__name__}, got {value!r}")
+    if hint is int and isinstance(value, bool):
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    return value

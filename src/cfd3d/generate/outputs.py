@@ -1,0 +1,97 @@
+"""The files a finished run leaves: mesh(es), turntable video and GIF, preview grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cfd3d.errors import ConfigError
+from cfd3d.export.formats import mesh_to_bytes
+from cfd3d.export.mesh import extract_mesh
+from cfd3d.export.video import frames_to_gif, frames_to_mp4, preview_grid, turntable_frames
+from cfd3d.generate.run import Run
+from cfd3d.io import atomic_write_bytes
+from cfd3d.render import SolidBackground
+from cfd3d.render.shading import ShadingConfig
+
+MESH_NAME = "model"
+TURNTABLE_NAME = "turntable"
+PREVIEW_NAME = "preview.png"
+
+
+def render_turntable(run: Run, n_frames: int, size: int) -> np.ndarray:
+    """``(n, size, size, 3)`` uint8 frames of a front-first orbit, lit by a headlight on
+    white (deterministic: no jitter, no random light)."""
+    shading = ShadingConfig(
+        mode="diffuse",
+        ambient=run.config.shading.ambient,
+        diffuse=run.config.shading.diffuse,
+        light_distance=run.config.shading.light_distance,
+        light_jitter=0.0,
+    )
+    background = SolidBackground()
+    cams = run.config.cameras
+    distance = 0.5 * (cams.distance[0] + cams.distance[1])
+    fovy = 0.5 * (cams.fovy_deg[0] + cams.fovy_deg[1])
+    return turntable_frames(
+        lambda views: run.render(views, size, shading, None, background),
+        n_frames,
+        size,
+        size,
+        elevation_deg=15.0,
+        distance=distance,
+        fovy_deg=fovy,
+        batch=4,
+    )
+
+
+def write_outputs(run: Run, folder: Path) -> dict[str, str]:
+    """Export the field of ``run`` into ``folder``; returns ``{kind: path}``.
+
+    Every file is written atomically. A field without a surface at the configured
+    threshold (nothing was distilled) skips the mesh with a note instead of failing the run.
+    """
+    c = run.config
+    written: dict[str, str] = {}
+    run.field.eval()
+    with torch.no_grad():
+        frames = render_turntable(run, c.turntable_frames, c.turntable_size)
+    written["mp4"] = str(
+        atomic_write_bytes(folder / f"{TURNTABLE_NAME}.mp4", frames_to_mp4(frames, c.fps))
+    )
+    written["gif"] = str(
+        atomic_write_bytes(folder / f"{TURNTABLE_NAME}.gif", frames_to_gif(frames, min(c.fps, 25)))
+    )
+    picks = np.linspace(0, len(frames), 8, endpoint=False).astype(int)
+    written["preview"] = str(
+        atomic_write_bytes(folder / PREVIEW_NAME, preview_grid(frames[picks], 4))
+    )
+    field = run.field
+    bound = c.voxel.bound if c.field == "voxel" else c.nerf.bound
+    mesh = None
+    # A young field (a short run) may not reach the surface density yet: fall back to
+    # lower levels, and say so in the summary, rather than leave the run without a mesh.
+    for threshold in (c.mesh_threshold, 0.5 * c.mesh_threshold, 0.25 * c.mesh_threshold):
+        try:
+            mesh = extract_mesh(
+                field.density,  # type: ignore[attr-defined]
+                lambda p: field(p).albedo,
+                resolution=c.mesh_resolution,
+                bound=bound,
+                threshold=threshold,
+                min_component_fraction=0.01,
+            )
+        except ConfigError as exc:
+            written["mesh_error"] = str(exc)
+            continue
+        written.pop("mesh_error", None)
+        written["mesh_threshold"] = f"{threshold:g}"
+        break
+    if mesh is None:
+        return written
+    for fmt in c.formats:
+        path = atomic_write_bytes(folder / f"{MESH_NAME}.{fmt}", mesh_to_bytes(mesh, fmt))
+        written[fmt] = str(path)
+    return written

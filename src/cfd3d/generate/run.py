@@ -1,0 +1,301 @@
+"""One text-to-3D run: build the parts, take optimisation steps, checkpoint and resume.
+
+A step is the data flow of DESIGN.md, left to right::
+
+    cameras -> render(field) -> noise(render, cameras) -> prior.encode(rgb) -> z
+        -> gradient w(t) (eps_hat(alpha z + sigma eps~, t, y) - eps~) on z
+        -> loss with that gradient -> backward -> Adam step -> SDE refresh of the noise
+
+CFD, SDS and FSD share it; they differ only in the noise source, the timestep schedule
+and ``w(t)`` (:mod:`cfd3d.distill.methods`). Every random draw of step ``i`` comes from
+generators keyed by ``(seed, i)``, so a resumed run repeats an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cfd3d.distill.cfd import cfd_gradient
+from cfd3d.distill.gamma import gamma_at
+from cfd3d.distill.loss import gradient_loss
+from cfd3d.distill.timesteps import timestep_fraction
+from cfd3d.errors import UserError
+from cfd3d.generate.config import GenerateConfig, config_to_dict
+from cfd3d.io import atomic_write_bytes
+from cfd3d.noise import make_noise
+from cfd3d.priors.base import Condition, Prior
+from cfd3d.priors.prompts import view_prompt
+from cfd3d.render import (
+    EnvironmentMap,
+    RandomColorBackground,
+    RendererConfig,
+    SolidBackground,
+    VolumeRenderer,
+)
+from cfd3d.render.shading import ShadingConfig
+from cfd3d.render.types import RenderOutput
+from cfd3d.scene.cameras import Cameras
+from cfd3d.scene.nerf import NeRFField
+from cfd3d.scene.sampling import VIEW_LABELS, sample_cameras, view_labels
+from cfd3d.scene.voxel import VoxelGridField
+
+_STEP_STREAM = 0x5EED_0001
+
+
+@dataclass
+class StepResult:
+    """What one step reports (a line of ``metrics.jsonl``)."""
+
+    step: int
+    t: int
+    loss: float
+    grad_norm: float
+    skipped: bool
+    render_ms: float
+    noise_ms: float
+    prior_ms: float
+    backward_ms: float
+    step_ms: float
+
+    def as_dict(self) -> dict:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in vars(self).items()}
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The CPU generator of every random draw of ``step`` (cameras, lights, backgrounds)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) ^ _STEP_STREAM)
+
+
+class Run:
+    """The state of a run and its step function.
+
+    Args:
+        config: a resolved config (:meth:`GenerateConfig.resolved`).
+        prior: the prior (built by the caller, so prompt errors surface before any file
+            is written).
+    """
+
+    def __init__(self, config: GenerateConfig, prior: Prior) -> None:
+        self.config = config
+        self.prior = prior
+        self.device = prior.device
+        seed_gen = torch.Generator().manual_seed(config.seed)
+        if config.field == "voxel":
+            self.field: torch.nn.Module = VoxelGridField(config.voxel, generator=seed_gen)
+        else:
+            self.field = NeRFField(config.nerf, generator=seed_gen)
+        self.field.to(self.device)
+        self.background = self._make_background()
+        self.renderer = VolumeRenderer(
+            RendererConfig(
+                bound=config.voxel.bound if config.field == "voxel" else config.nerf.bound,
+                n_samples=config.n_samples,
+                n_importance=config.n_importance,
+                shading=config.shading,
+            )
+        )
+        assert config.noise is not None and config.timesteps is not None
+        self.noise = make_noise(config.noise, prior.input_shape)
+        self.optimizer = torch.optim.Adam(self._param_groups(), betas=config.betas, eps=1e-15)
+        self.step = 0
+        self.bad_steps = 0
+        self._conditions = self._embed_prompts()
+
+    # ------------------------------------------------------------------ construction
+
+    def _make_background(self):
+        kind = self.config.background
+        if kind == "environment":
+            return EnvironmentMap().to(self.device)
+        if kind == "random":
+            return RandomColorBackground()
+        return SolidBackground()
+
+    def _param_groups(self) -> list[dict]:
+        c = self.config
+        if isinstance(self.field, NeRFField):
+            groups = [
+                {"params": self.field.grid_parameters(), "lr": c.lr},
+                {"params": self.field.mlp_parameters(), "lr": c.lr_mlp},
+            ]
+        else:
+            groups = [{"params": list(self.field.parameters()), "lr": c.lr}]
+        if isinstance(self.background, torch.nn.Module):
+            groups.append({"params": list(self.background.parameters()), "lr": c.lr_mlp})
+        return groups
+
+    def _embed_prompts(self) -> dict[str, Condition]:
+        """One condition per view label (or one for all views), embedded once."""
+        c = self.config
+        labels = VIEW_LABELS if c.view_prompts else ("",)
+        return {
+            label: self.prior.condition(
+                view_prompt(c.prompt, label) if label else c.prompt, c.negative_prompt, 1
+            )
+            for label in labels
+        }
+
+    def condition(self, cameras: Cameras) -> Condition:
+        """The guided condition of a batch of views (view-dependent prompts)."""
+        labels = view_labels(cameras) if self.config.view_prompts else [""] * len(cameras)
+        parts = [self._conditions[label] for label in labels]
+        return Condition(
+            cond=torch.cat([p.cond for p in parts]),
+            uncond=torch.cat([p.uncond for p in parts]),
+            prompts=tuple(p.prompts[0] for p in parts),
+        )
+
+    # --------------------------------------------------------------------------- step
+
+    def shading_for(self, gen: torch.Generator) -> ShadingConfig:
+        c = self.config
+        u = float(torch.rand((), generator=gen))
+        if u < c.p_albedo:
+            mode = "albedo"
+        elif u < c.p_albedo + c.p_textureless:
+            mode = "textureless"
+        else:
+            mode = "diffuse"
+        return ShadingConfig(
+            mode=mode,  # type: ignore[arg-type]
+            ambient=c.shading.ambient,
+            diffuse=c.shading.diffuse,
+            light_distance=c.shading.light_distance,
+            light_jitter=c.shading.light_jitter,
+        )
+
+    def render(
+        self, cameras: Cameras, size: int, shading=None, generator=None, background=None
+    ) -> RenderOutput:
+        return self.renderer(
+            self.field,
+            cameras.to(self.device),
+            size,
+            size,
+            shading=shading,
+            background=background or self.background,
+            generator=generator,
+        )
+
+    def take_step(self) -> StepResult:
+        """One optimisation step (or a skipped one, for non-finite gradients)."""
+        c, i = self.config, self.step
+        tic = time.perf_counter()
+        gen = step_generator(c.seed, i)
+        cameras = sample_cameras(c.cameras, c.views_per_step, gen)
+        shading = self.shading_for(gen)
+        out = self.render(cameras, c.render_size, shading, gen)
+        t_render = time.perf_counter()
+        eps_tilde = self.noise(out, cameras, i).to(self.device)
+        t_noise = time.perf_counter()
+        rgb = out.rgb.permute(0, 3, 1, 2)
+        z = self.prior.encode(rgb)
+        fraction = timestep_fraction(c.timesteps, i, c.steps, c.seed)  # type: ignore[arg-type]
+        t = self.prior.schedule.index(fraction)
+        t_batch = torch.full((len(cameras),), int(t), dtype=torch.long, device=self.device)
+        grad = cfd_gradient(
+            self.prior,
+            z,
+            t_batch,
+            self.condition(cameras),
+            c.guidance_scale,
+            eps_tilde.to(z.dtype),
+            c.weighting,  # type: ignore[arg-type]
+        )
+        t_prior = time.perf_counter()
+        loss = gradient_loss(z, grad)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        finite = math.isfinite(float(loss.detach())) and all(
+            bool(torch.isfinite(p.grad).all())
+            for group in self.optimizer.param_groups
+            for p in group["params"]
+            if p.grad is not None
+        )
+        if finite:
+            self.optimizer.step()
+            self.bad_steps = 0
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.bad_steps += 1
+        self.noise.refresh(gamma_at(i, c.steps, c.gamma_start, c.gamma_end))
+        t_end = time.perf_counter()
+        self.step = i + 1
+        return StepResult(
+            step=i,
+            t=int(t),
+            loss=float(loss.detach()),
+            grad_norm=float(grad.flatten(1).norm(dim=1).mean()),
+            skipped=not finite,
+            render_ms=1e3 * (t_render - tic),
+            noise_ms=1e3 * (t_noise - t_render),
+            prior_ms=1e3 * (t_prior - t_noise),
+            backward_ms=1e3 * (t_end - t_prior),
+            step_ms=1e3 * (t_end - tic),
+        )
+
+    # --------------------------------------------------------------------- checkpoints
+
+    def state_dict(self) -> dict:
+        state = {
+            "step": self.step,
+            "bad_steps": self.bad_steps,
+            "field": {k: v.detach().cpu() for k, v in self.field.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "noise": self.noise.state_dict(),
+            "config": config_to_dict(self.config),
+        }
+        if isinstance(self.background, torch.nn.Module):
+            state["background"] = self.background.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.field.load_state_dict(state["field"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.noise.load_state_dict(state["noise"])
+        if isinstance(self.background, torch.nn.Module):
+            self.background.load_state_dict(state["background"])
+        self.step = int(state["step"])
+        self.bad_steps = int(state["bad_steps"])
+
+    def save_checkpoint(self, folder: Path) -> Path:
+        """Write ``folder/step_NNNNNN.pt`` atomically and prune old ones."""
+        buffer = io.BytesIO()
+        torch.save(self.state_dict(), buffer)
+        path = folder / f"step_{self.step:06d}.pt"
+        atomic_write_bytes(path, buffer.getvalue())
+        for old in list_checkpoints(folder)[: -self.config.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+        return path
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoints in ``folder``, oldest first."""
+    return sorted(folder.glob("step_*.pt")) if folder.is_dir() else []
+
+
+def read_checkpoint(path: Path) -> dict:
+    """Load a checkpoint file.
+
+    Raises:
+        UserError: the file is unreadable or not a cfd3d checkpoint.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for damaged files
+        raise UserError(
+            f"checkpoint '{path}' is unreadable ({type(exc).__name__}); delete it to resume "
+            "from an earlier checkpoint, or start afresh with another --out"
+        ) from None
+    if not isinstance(state, dict) or not {"step", "field", "optimizer", "noise"} <= set(state):
+        raise UserError(
+            f"'{path}' is not a cfd3d generate checkpoint; delete it to resume from an "
+            "earlier checkpoint, or start afresh with another --out"
+        )
+    return state

@@ -1,0 +1,47 @@
+"""benchmarks/sd_step.py --small: one timed CFD step through a reduced Stable Diffusion."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "sd_step.py"
+PHASES = {"render", "noise", "encode", "unet", "backward", "optimizer"}
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_small_step_reports_positive_timings():
+    proc = run_script("--small", "--steps", "1", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["device"] == "cpu" and result["dtype"] == "float32"
+    assert result["resolution"] == 64 and result["prior_input"] == [4, 8, 8]
+    assert result["unet_params"] > 1_000_000
+    assert set(result["split_ms"]) == PHASES
+    assert all(ms > 0 for ms in result["split_ms"].values())
+    assert result["ms_per_step"] > 0 and result["peak_mem_mb"] > 0
+    assert "warning: the full-size" not in proc.stderr
+
+
+def test_a_resolution_the_latent_size_does_not_divide_is_one_line():
+    proc = run_script("--small", "--resolution", "60")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: --resolution must be a positive multiple"
+    )
+    assert proc.stdout == ""
