@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/cfd3d image "a simple shape" --prior gmm --method cfd --steps 300 --seed 0 --out out/demo
+	$(VENV)/bin/cfd3d generate "a red cube" --seed 0 --out out/demo --overwrite
 
 $(GLTF_STAMP): $(GLTF)/package-lock.json
 	npm ci --prefix $(GLTF) --silent --no-audit --no-fund

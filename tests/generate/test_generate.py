@@ -348,3 +348,32 @@ def test_overwrite_replaces_a_finished_run(finished_run, tmp_path, capsys):
     assert code == 0, err
     assert load_config(folder / "config.json").prompt == "a blue cone"
     check_outputs(folder, 2)
+
+
+def test_an_uncached_hub_id_fails_fast_with_an_actionable_line(tmp_path):
+    env = {**_env(), "HF_HOME": str(tmp_path / "hf")}
+    env.pop("HF_HUB_OFFLINE", None)
+    start = time.monotonic()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cfd3d.cli",
+            "generate",
+            "a hamburger",
+            "--prior",
+            "someone/not-a-real-model",
+            "--steps",
+            "3",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert time.monotonic() - start < 30
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "HF_HUB_OFFLINE" in proc.stderr, proc.stderr
+    assert not (tmp_path / "o").exists()

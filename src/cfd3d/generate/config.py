@@ -24,7 +24,7 @@ from cfd3d.noise.config import NoiseConfig
 from cfd3d.render.shading import ShadingConfig
 from cfd3d.scene.encoding import HashGridConfig
 from cfd3d.scene.nerf import NeRFConfig
-from cfd3d.scene.sampling import CameraSamplerConfig
+from cfd3d.scene.sampling import CameraSamplerConfig, ViewLabelConfig
 from cfd3d.scene.voxel import VoxelGridConfig
 
 FieldKind = Literal["voxel", "nerf"]
@@ -48,6 +48,7 @@ class GenerateConfig:
         guidance_scale: classifier-free guidance scale.
         negative_prompt: replaces the unconditional branch of guidance when not empty.
         view_prompts: append DreamFusion's ", front view" etc. to the prompt per camera.
+        view_labels: the angular thresholds of those labels.
         cameras: the random training cameras.
         views_per_step: views rendered and distilled per step.
         render_size: render resolution (square); the prior's noise size must divide it.
@@ -88,6 +89,7 @@ class GenerateConfig:
     guidance_scale: float = 1.5
     negative_prompt: str = ""
     view_prompts: bool = True
+    view_labels: ViewLabelConfig = dataclasses.field(default_factory=ViewLabelConfig)
     cameras: CameraSamplerConfig = dataclasses.field(default_factory=CameraSamplerConfig)
     views_per_step: int = 2
     render_size: int = 32

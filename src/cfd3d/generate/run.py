@@ -143,7 +143,8 @@ class Run:
 
     def condition(self, cameras: Cameras) -> Condition:
         """The guided condition of a batch of views (view-dependent prompts)."""
-        labels = view_labels(cameras) if self.config.view_prompts else [""] * len(cameras)
+        c = self.config
+        labels = view_labels(cameras, c.view_labels) if c.view_prompts else [""] * len(cameras)
         parts = [self._conditions[label] for label in labels]
         return Condition(
             cond=torch.cat([p.cond for p in parts]),

@@ -1,0 +1,148 @@
+"""The toy world (captions, renders) and the embedded prior's commands, end to end."""
+
+import pytest
+import torch
+
+from cfd3d.cli import main
+from cfd3d.priors.embedded.prior import EmbeddedPrior
+from cfd3d.priors.embedded.tokenizer import WordTokenizer
+from cfd3d.priors.embedded.training import TrainConfig
+from cfd3d.priors.embedded.world import (
+    VIEW_WORDS,
+    WORLD_SHADING,
+    Item,
+    WorldConfig,
+    caption,
+    random_scene,
+    render_world,
+    vocabulary,
+)
+from cfd3d.render.volume import RendererConfig, VolumeRenderer
+from cfd3d.scene.cameras import spherical_cameras
+from cfd3d.scene.toy import FACE_RGB, RELATIONS, single
+
+
+def _captions(config: WorldConfig, n: int, seed: int = 0) -> list[tuple[Item, str]]:
+    """``n`` (item, caption) pairs without rendering: random scenes and view labels."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        item = Item(random_scene(config, gen), VIEW_WORDS[i % len(VIEW_WORDS)])
+        out.append((item, caption(item, config, gen)))
+    return out
+
+
+def test_captions_use_the_vocabulary_and_fit_the_tokenizer():
+    max_tokens = TrainConfig().unet.max_tokens
+    tokenizer = WordTokenizer(vocabulary(), max_tokens)
+    captions = [text for _, text in _captions(WorldConfig(), 2000)]
+    assert not {w for text in captions for w in tokenizer.unknown_words(text)}
+    assert max(len(tokenizer.split(text)) for text in captions) <= max_tokens
+    ids = tokenizer.encode(captions)  # raises on unknown words or overlong prompts
+    assert ids.shape == (len(captions), max_tokens)
+    # the longest caption there is fits too
+    longest = "a yellow cylinder on top of a yellow capsule, overhead view"
+    assert len(tokenizer.split(longest)) <= max_tokens
+
+
+def test_caption_options_follow_the_configured_probabilities():
+    config = WorldConfig(p_head=0.1, p_pair=0.3, p_view=0.3, p_no_shape=0.2, p_no_color=0.1)
+    pairs = _captions(config, 6000, seed=1)
+    with_view = [text.endswith(f", {item.view} view") for item, text in pairs]
+    assert all(text.endswith(" view") == v for (_, text), v in zip(pairs, with_view, strict=True))
+    assert sum(with_view) / len(pairs) == pytest.approx(0.3, abs=0.03)
+
+    basic = [(item, text.split(",")[0]) for item, text in pairs]
+    singles = [(i, t) for i, t in basic if len(i.scene.primitives) == 1]
+    plain = [(i, t) for i, t in singles if i.scene.primitives[0].shape != "head"]
+    heads = [(i, t) for i, t in singles if i.scene.primitives[0].shape == "head"]
+    assert len(heads) / len(pairs) == pytest.approx(0.1, abs=0.03)
+    assert 1 - len(singles) / len(pairs) == pytest.approx(0.3, abs=0.03)
+    n = len(plain)
+    no_color = sum(len(t.split()) == 2 for _, t in plain) / n
+    no_shape = sum(t.endswith(" object") for _, t in plain) / n
+    assert no_color == pytest.approx(0.1, abs=0.03)
+    assert no_shape == pytest.approx(0.9 * 0.2, abs=0.03)  # only when the colour is kept
+    for item, text in plain:
+        prim = item.scene.primitives[0]
+        assert text in (f"a {prim.color} {prim.shape}", f"a {prim.color} object", f"a {prim.shape}")
+    assert heads and all(t.endswith("head") for _, t in heads)  # never "a red object"
+    assert {t for _, t in heads if len(t.split()) == 2} == {"a head"}
+
+    for item, text in basic:
+        if len(item.scene.primitives) == 2:
+            assert text == item.scene.caption()
+            assert RELATIONS[item.scene.relation] in text
+
+
+def test_head_face_is_seen_from_the_front_and_hidden_from_the_back():
+    renderer = VolumeRenderer(RendererConfig(n_samples=64, shading=WORLD_SHADING))
+    full = torch.ones(2)
+    cameras = spherical_cameras(torch.tensor([0.0, 180.0]), 15.0 * full, 1.4 * full, 50.0 * full)
+    with torch.no_grad():
+        rgb = renderer(single("blue", "head"), cameras, 32, 32, shading="albedo").rgb
+    face = ((rgb - torch.tensor(FACE_RGB)).abs().amax(dim=-1) < 0.05).sum(dim=(1, 2))
+    body = ((rgb - torch.tensor([0.12, 0.30, 0.85])).abs().amax(dim=-1) < 0.05).sum(dim=(1, 2))
+    front, back = face.tolist()
+    assert front > 0.3 * body[0]  # the face fills the middle of the ball
+    assert back == 0
+    assert body[1] > 150  # the back view does show the ball
+
+
+def test_render_world_is_deterministic_for_a_seed():
+    config = WorldConfig(n_samples=16)
+    a, items_a = render_world(config, 6, seed=3)
+    b, items_b = render_world(config, 6, seed=3)
+    c, _ = render_world(config, 6, seed=4)
+    assert a.dtype == torch.uint8 and a.shape == (6, 3, 32, 32)
+    assert torch.equal(a, b) and items_a == items_b
+    assert not torch.equal(a, c)
+
+
+@pytest.fixture(scope="module")
+def trained_weights(tmp_path_factory):
+    """Weights from a 2-step ``cfd3d train-prior`` run on 16 images."""
+    work = tmp_path_factory.mktemp("train")
+    out = work / "w.safetensors"
+    args = ["train-prior", "--steps", "2", "--dataset-size", "16", "--work", str(work)]
+    assert main([*args, "--out", str(out)]) == 0
+    return out
+
+
+def test_train_prior_writes_weights_that_load(trained_weights):
+    prior = EmbeddedPrior.load(trained_weights)
+    assert prior.tokenizer.words == vocabulary()
+    assert prior.input_shape == (3, 32, 32)
+    assert (trained_weights.parent / "checkpoint.pt").is_file()
+
+
+def test_sample_writes_a_grid(trained_weights, tmp_path):
+    out = tmp_path / "s.png"
+    args = ["sample", "a red cube", "-n", "2", "--steps", "2", "--out", str(out)]
+    assert main([*args, "--weights", str(trained_weights)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        ("a red dragon", "'dragon'"),
+        ("a red cube, left view", "'left'"),
+        ("   ", "prompt is empty"),
+        ("", "prompt is empty"),
+    ],
+)
+def test_sample_rejects_bad_prompts_with_one_line(
+    trained_weights, tmp_path, capsys, prompt, message
+):
+    out = tmp_path / "s.png"
+    code = main(
+        ["sample", prompt, "--steps", "1", "--out", str(out), "--weights", str(trained_weights)]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("error:")
+    assert message in err
+    if "empty" not in message:
+        assert "cfd3d prior-vocab" in err
+    assert not out.exists()
