@@ -109,8 +109,9 @@ def test_stable_diffusion_presets_run_two_steps_on_the_cpu(preset, sd_folder, tm
     assert (out / "turntable.mp4").exists() and (out / "summary.json").exists()
 
 
-def test_stable_diffusion_folder_from_the_command_line(sd_folder, tmp_path, capsys):
-    """The issue's acceptance command, with a diffusers folder saved by diffusers itself."""
+def test_stable_diffusion_folder_from_the_command_line(third_party_sd_folder, tmp_path, capsys):
+    """The issue's acceptance command, with a folder that cfd3d did not write."""
+    sd_folder = third_party_sd_folder
     out = tmp_path / "burger"
     code, err = run_cli(
         [
@@ -377,3 +378,34 @@ def test_an_uncached_hub_id_fails_fast_with_an_actionable_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "HF_HUB_OFFLINE" in proc.stderr, proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("cameras", "needle"),
+    [
+        ({"elevation_deg": [40.0, 0.0]}, "elevation_deg"),
+        ({"fovy_deg": [40.0, 190.0]}, "fovy_deg"),
+        ({"fovy_deg": [0.0, 60.0]}, "fovy_deg"),
+        ({"distance": [0.5, 1.5]}, "distance"),
+    ],
+)
+def test_invalid_camera_ranges_in_a_config_file(cameras, needle, tmp_path, capsys):
+    data = config_to_dict(preset_config("cpu-demo", "a red cube").resolved())
+    data["cameras"].update(cameras)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    err = _one_line_exit_2(["generate", "--config", str(path), "--out", str(out)], capsys)
+    assert needle in err
+    assert not out.exists()
+
+
+def test_a_config_file_with_an_unknown_key(tmp_path, capsys):
+    data = config_to_dict(preset_config("cpu-demo", "a red cube").resolved())
+    data["learning_rate"] = 0.1
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    err = _one_line_exit_2(
+        ["generate", "--config", str(path), "--out", str(tmp_path / "o")], capsys
+    )
+    assert "learning_rate" in err
