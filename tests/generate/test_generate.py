@@ -409,3 +409,12 @@ def test_a_config_file_with_an_unknown_key(tmp_path, capsys):
         ["generate", "--config", str(path), "--out", str(tmp_path / "o")], capsys
     )
     assert "learning_rate" in err
+
+
+def test_resume_refuses_options_that_would_change_the_run(finished_run, capsys):
+    before = snapshot(finished_run)
+    err = _one_line_exit_2(
+        ["generate", "--resume", "--steps", "50", "--out", str(finished_run)], capsys
+    )
+    assert "--steps" in err
+    assert snapshot(finished_run) == before

@@ -172,6 +172,26 @@ def _resume(args: argparse.Namespace) -> int:
             "run without --resume"
         )
     config = load_config(config_file)
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name in (
+            "prior",
+            "method",
+            "preset",
+            "steps",
+            "seed",
+            "guidance",
+            "negative_prompt",
+            "formats",
+            "config",
+        )
+        if getattr(args, name) is not None
+    ]
+    if given:
+        raise ConfigError(
+            f"--resume continues the run with its saved {CONFIG_NAME}; drop {', '.join(given)} "
+            "(or start a new run with --config and another --out)"
+        )
     if args.prompt is not None and args.prompt != config.prompt:
         raise ConfigError(
             f"--resume continues the run for '{config.prompt}'; drop the prompt argument or "
