@@ -98,3 +98,17 @@ class _no_raise:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    import os
+
+    from cfd3d.io import atomic_write_bytes
+
+    mask = os.umask(0o022)
+    try:
+        path = atomic_write_bytes(tmp_path / "f.bin", b"x")
+    finally:
+        os.umask(mask)
+    assert path.read_bytes() == b"x"
+    assert path.stat().st_mode & 0o777 == 0o644

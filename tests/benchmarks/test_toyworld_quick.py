@@ -1,0 +1,98 @@
+"""benchmarks/toyworld.py: its measures, its prompt reader, and a quick run (~20 s)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "toyworld.py"
+_spec = importlib.util.spec_from_file_location("toyworld_benchmark", SCRIPT)
+bench = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = bench  # dataclasses look their module up while it is created
+_spec.loader.exec_module(bench)
+
+
+def _views(opacity: torch.Tensor, albedo: torch.Tensor) -> "bench.Views":
+    """Views of one flat colour ``albedo`` ``(3,)`` with ``opacity`` ``(V, S, S)``, on white."""
+    a = opacity[..., None]
+    rgb = a * albedo + (1.0 - a)
+    blank = np.zeros((4, 4, 3), dtype=np.uint8)
+    return bench.Views(albedo=rgb, opacity=opacity, probe=torch.zeros(1, 3, 32, 32), figure=blank)
+
+
+def test_prompts_are_read_or_refused():
+    assert bench.parse_prompt("a red cube") == bench.Prompt("a red cube", "red", "cube")
+    assert bench.parse_prompt("a red object").missing == "shape"
+    assert bench.parse_prompt("a torus").missing == "color"
+    assert bench.parse_prompt("a blue cone").missing is None
+    for bad in ("a red head", "two red cubes", "a", "a red cube on top of a blue sphere"):
+        with pytest.raises(bench.UserError):
+            bench.parse_prompt(bad)
+
+
+def test_iou_colour_and_diversity_on_synthetic_views():
+    full = torch.zeros(2, 8, 8)
+    full[:, 2:6, 2:6] = 1.0  # 32 pixels
+    half = torch.zeros(2, 8, 8)
+    half[:, 2:6, 2:4] = 0.8  # 16 of them, partly transparent
+    red = torch.tensor(bench.COLORS["red"])
+    truth, guess = _views(full, red), _views(half, red)
+    assert bench.mask_iou(guess, truth) == pytest.approx(0.5)
+    assert bench.mask_iou(truth, truth) == 1.0
+    assert torch.allclose(bench.mean_color(guess), red, atol=1e-6)  # un-premultiplied
+    assert bench.mean_color(_views(torch.zeros(2, 8, 8), red)) is None
+    assert bench.diversity([truth]) == 0.0
+    assert bench.diversity([truth, truth]) == 0.0
+    assert bench.diversity([truth, guess]) > 0.0
+
+
+def test_total_variation_and_majority():
+    p = bench.frequencies(torch.tensor([0, 0, 1, 2]), 4)
+    assert p.tolist() == [0.5, 0.25, 0.25, 0.0]
+    assert bench.total_variation(p, p) == 0.0
+    assert bench.total_variation(p, torch.tensor([0.0, 0.0, 0.0, 1.0]).double()) == 1.0
+    assert bench.majority(torch.tensor([2, 1, 2, 1, 0]), 3) == 1  # a tie goes to the smaller
+
+
+def test_quick_run_prints_one_json_line_and_writes_docs(tmp_path, capsys):
+    assert bench.main(["--quick", "--docs", str(tmp_path)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(bench.METHODS) <= set(result)
+    config = result["config"]
+    assert config["quick"] and config["steps"] == 3 and config["prompts"] == ["a red cube"]
+    for method in bench.METHODS:
+        r = result[method]
+        assert 0.0 <= r["mask_iou"] <= 1.0
+        assert 0.0 <= r["color_err"] <= 1.0
+        assert r["diversity"] == 0.0  # one seed
+        assert set(r["mode_tv"]) == set(bench.UNDERSPECIFIED)
+        assert all(0.0 <= tv <= 1.0 for tv in r["mode_tv"].values())
+        assert 0.0 <= r["noise_share"] < 1.0 and r["wall_s"] > 0.0
+        assert set(r["per_prompt"]) == {"a red cube", *bench.UNDERSPECIFIED}
+        assert r["per_prompt"]["a red object"]["classified"] == "shape"
+        assert r["per_prompt"]["a torus"]["classified"] == "color"
+    assert result["cfd"]["noise_share"] > result["sds"]["noise_share"]  # integral vs fresh
+    for text, freq in result["prior_classes"].items():
+        assert sum(freq.values()) == pytest.approx(1.0, abs=1e-3), text
+    assert "| cfd |" in (tmp_path / "toyworld.md").read_text()
+    assert (tmp_path / "toyworld.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--prompts", "a red object"], "--prompts takes fully named"),
+        (["--underspecified", "a red cube"], "--underspecified takes prompts"),
+        (["--prompts", "a plaid cube"], "cannot read the prompt"),
+        (["--seeds", "0"], "--seeds must be positive"),
+        (["--methods", "dds"], "unknown method"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(capsys, extra, message):
+    assert bench.main(["--quick", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error:") and message in err
