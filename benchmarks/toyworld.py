@@ -1,0 +1,694 @@
+"""CFD, SDS and FSD distil the embedded prior's toy world: fidelity, diversity, mode coverage.
+
+The acceptance benchmark of issue 7. Every run is the ``cpu-demo`` preset of ``cfd3d
+generate`` (48³ voxel grid, 32² renders, two views per step) with the method's own noise
+source, timestep schedule and ``w(t)``; methods share the prompts, the seeds and one loaded
+prior. Each result is rendered from an evaluation orbit (:data:`ORBIT_VIEWS` views at
+elevation 15°, distance 1.4, fovy 52.5°: the middle of the training cameras), deterministic,
+on white.
+
+Single-object prompts ("a red cube", ``--prompts``), ``--seeds`` seeds each:
+
+* ``mask_iou``: IoU of opacity > 0.5 against the ground-truth scene's (the same renderer
+  renders :func:`cfd3d.scene.toy.get_scene`), pooled over the orbit's pixels; mean over
+  prompts x seeds.
+* ``color_err``: mean absolute RGB error between the mean albedo over the result's own
+  mask (un-premultiplied from the albedo renders) and the named colour's albedo.
+* ``diversity``: mean pairwise RMS distance between the albedo orbit renders of different
+  seeds of one prompt, averaged over prompts (0 when ``--seeds`` is 1).
+
+Underspecified prompts ("a red object", "a torus", ``--underspecified``), ``--under-seeds``
+seeds each: a probe classifier trained only on ground-truth renders (the one of
+``benchmarks/toy_prior.py``) names each result's missing attribute (its shape for "a red
+object", its colour for "a torus") by majority vote over the orbit, rendered at the world's
+32² with its diffuse shading and a headlight. ``mode_tv`` is the total-variation distance
+between the results' classes and the classes of ``--prior-samples`` DDIM samples (50 steps,
+the preset's guidance) of the prior itself for that prompt.
+
+Per method also ``noise_share`` (time in the noise source / step time, all runs) and
+``wall_s`` (distillation and evaluation of its runs). One run takes 1-2 minutes on one
+thread of the 2-core box, so the default benchmark (3 x 3 + 2 x 8 runs per method) is
+long; ``--quick`` is a smoke run of seconds (3 steps, one prompt and seed of each kind).
+Unless ``--quick``, ``docs/toyworld.md`` (tables) and ``docs/toyworld.png`` (rows: ground
+truth, then each method; columns: prompts x seeds; a front-right view) are written; ``--docs
+DIR`` writes them to ``DIR`` instead, also with ``--quick``.
+
+Usage::
+
+    python benchmarks/toyworld.py [--seed 0] [--seeds 3] [--under-seeds 8] [--steps 500]
+        [--prompts "a red cube" ...] [--underspecified "a red object" ...]
+        [--weights PATH] [--docs DIR] [--quick]
+
+The last line of stdout is one JSON object; progress goes to stderr. Bad prompts or counts
+are one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import itertools
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import torch
+
+from cfd3d.cli import guarded
+from cfd3d.errors import UserError
+from cfd3d.export.video import preview_grid, to_uint8
+from cfd3d.generate.command import load_prior_for
+from cfd3d.generate.config import GenerateConfig, preset_config
+from cfd3d.generate.run import Run
+from cfd3d.io import atomic_write_bytes, atomic_write_text
+from cfd3d.priors.base import Prior
+from cfd3d.priors.embedded.commands import sample_images
+from cfd3d.priors.embedded.world import BASIC_SHAPES, WORLD_SHADING
+from cfd3d.render import ShadingConfig, SolidBackground
+from cfd3d.scene.cameras import Cameras, orbit, spherical_cameras
+from cfd3d.scene.toy import COLORS, get_scene
+
+METHODS: tuple[str, ...] = ("cfd", "sds", "fsd")
+SINGLE_PROMPTS: tuple[str, ...] = ("a red cube", "a blue cone", "a yellow torus")
+UNDERSPECIFIED: tuple[str, ...] = ("a red object", "a torus")
+PRESET = "cpu-demo"
+
+ORBIT_VIEWS, ELEVATION, DISTANCE, FOVY = 8, 15.0, 1.4, 52.5
+"""The evaluation orbit: the middle of the training cameras' distance and field of view."""
+EVAL_SIZE = 64
+"""Pixels (square) of the orbit renders that IoU, colour and diversity are measured on."""
+FIGURE_AZIMUTH = 35.0
+"""The figure's view: front-right, so that two sides and the top show."""
+ALBEDO = ShadingConfig(mode="albedo")
+HEADLIGHT = replace(WORLD_SHADING, light_jitter=0.0)
+"""The toy world's diffuse shading with the light at the camera (probe and figure)."""
+PRIOR_DDIM_STEPS = 50
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A toy-world prompt and what it names.
+
+    Attributes:
+        text: the prompt.
+        color: the named colour, or ``None`` ("a torus").
+        shape: the named basic shape, or ``None`` ("a red object").
+    """
+
+    text: str
+    color: str | None
+    shape: str | None
+
+    @property
+    def missing(self) -> str | None:
+        """``"color"``, ``"shape"`` or ``None``: the attribute the prompt leaves open."""
+        if self.color is None:
+            return "color"
+        return "shape" if self.shape is None else None
+
+
+def parse_prompt(text: str) -> Prompt:
+    """Read "a {colour} {shape}", "a {colour} object" or "a {shape}".
+
+    Raises:
+        UserError: for any other prompt.
+    """
+    words = text.strip().lower().split()
+    if len(words) == 3 and words[0] == "a" and words[1] in COLORS:
+        if words[2] in BASIC_SHAPES:
+            return Prompt(text, words[1], words[2])
+        if words[2] == "object":
+            return Prompt(text, words[1], None)
+    if len(words) == 2 and words[0] == "a" and words[1] in BASIC_SHAPES:
+        return Prompt(text, None, words[1])
+    raise UserError(
+        f"cannot read the prompt {text!r}; use 'a COLOUR SHAPE', 'a COLOUR object' or "
+        f"'a SHAPE' with colours {', '.join(COLORS)} and shapes {', '.join(BASIC_SHAPES)}"
+    )
+
+
+# ------------------------------------------------------------------------ the probe
+
+
+def probe_module() -> ModuleType:
+    """``benchmarks/toy_prior.py``, whose ground-truth probe classifier this reuses."""
+    name = "_toyworld_toy_prior"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, Path(__file__).resolve().with_name("toy_prior.py")
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # its dataclasses look their module up while it loads
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def class_names(missing: str) -> tuple[str, ...]:
+    tp = probe_module()
+    return tp.COLOR_NAMES if missing == "color" else tp.PROBE_SHAPES
+
+
+def classify_missing(probe: torch.nn.Module, images: torch.Tensor, missing: str) -> torch.Tensor:
+    """``(N,)`` class index of the missing attribute for ``(N, 3, 32, 32)`` images."""
+    color, shape = probe_module().classify(probe, images)
+    return color if missing == "color" else shape
+
+
+def frequencies(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    return torch.bincount(labels, minlength=n_classes).double() / max(len(labels), 1)
+
+
+def total_variation(p: torch.Tensor, q: torch.Tensor) -> float:
+    return 0.5 * float((p - q).abs().sum())
+
+
+# ------------------------------------------------------------------------ evaluation
+
+
+@dataclass(frozen=True)
+class Views:
+    """One object seen from the evaluation cameras.
+
+    Attributes:
+        albedo: ``(V, S, S, 3)`` albedo renders on white, ``S`` = :data:`EVAL_SIZE`.
+        opacity: ``(V, S, S)`` opacity.
+        probe: ``(V, 3, 32, 32)`` headlit renders at the world's size, 8-bit quantised.
+        figure: ``(F, F, 3)`` uint8 headlit front-right view.
+    """
+
+    albedo: torch.Tensor
+    opacity: torch.Tensor
+    probe: torch.Tensor
+    figure: np.ndarray
+
+
+def evaluation_cameras() -> tuple[Cameras, Cameras]:
+    """The orbit (front first) and the figure's single camera."""
+    one = torch.ones(1)
+    figure = spherical_cameras(FIGURE_AZIMUTH * one, ELEVATION * one, DISTANCE * one, FOVY * one)
+    return orbit(ORBIT_VIEWS, ELEVATION, DISTANCE, FOVY), figure
+
+
+@torch.no_grad()
+def look(run: Run, field: torch.nn.Module, size: int) -> Views:
+    """Render ``field`` (the run's, or a ground-truth scene) with the run's renderer."""
+    cameras, figure_camera = evaluation_cameras()
+    device = run.device
+    white = SolidBackground()
+
+    def render(cams: Cameras, px: int, shading: ShadingConfig):
+        return run.renderer(field, cams.to(device), px, px, shading=shading, background=white)
+
+    albedo = render(cameras, size, ALBEDO)
+    probe = render(cameras, 32, HEADLIGHT).rgb.clamp(0, 1).permute(0, 3, 1, 2)
+    figure = render(figure_camera, size, HEADLIGHT).rgb
+    return Views(
+        albedo=albedo.rgb.clamp(0, 1).cpu(),
+        opacity=albedo.opacity[..., 0].cpu(),
+        probe=((probe * 255).round() / 255.0).cpu(),
+        figure=to_uint8(figure.cpu())[0],
+    )
+
+
+def mask_iou(views: Views, truth: Views) -> float:
+    """IoU of opacity > 0.5, pooled over the orbit's pixels."""
+    a, b = views.opacity > 0.5, truth.opacity > 0.5
+    union = int((a | b).sum())
+    return float((a & b).sum()) / union if union else 1.0
+
+
+def mean_color(views: Views) -> torch.Tensor | None:
+    """``(3,)`` mean albedo over the object's mask (opacity > 0.5), or ``None`` if empty.
+
+    A render on white is ``c_premultiplied + (1 - a)``, so the albedo is
+    ``(rgb - (1 - a)) / a``.
+    """
+    a = views.opacity[..., None]
+    mask = views.opacity > 0.5
+    if not bool(mask.any()):
+        return None
+    albedo = (views.albedo - (1.0 - a)) / a.clamp_min(1e-6)
+    return albedo[mask].mean(dim=0)
+
+
+def diversity(views: list[Views]) -> float:
+    """Mean pairwise RMS distance between the albedo orbit renders (0 for one result)."""
+    pairs = list(itertools.combinations(views, 2))
+    if not pairs:
+        return 0.0
+    return float(np.mean([float((a.albedo - b.albedo).square().mean().sqrt()) for a, b in pairs]))
+
+
+def majority(labels: torch.Tensor, n_classes: int) -> int:
+    """The most frequent label (the smallest index on a tie)."""
+    return int(torch.bincount(labels, minlength=n_classes).argmax())
+
+
+# ---------------------------------------------------------------------------- a run
+
+
+@dataclass(frozen=True)
+class Result:
+    """One distilled object.
+
+    Attributes:
+        method, prompt, seed: what was run.
+        views: its evaluation renders.
+        noise_ms, step_ms: summed over the steps.
+        distill_s, eval_s: wall time of the optimisation and of the evaluation.
+    """
+
+    method: str
+    prompt: Prompt
+    seed: int
+    views: Views
+    noise_ms: float
+    step_ms: float
+    distill_s: float
+    eval_s: float
+
+
+def method_config(base: GenerateConfig, method: str, seed: int, steps: int) -> GenerateConfig:
+    """``base`` for ``method``: its noise source, timesteps and ``w(t)``."""
+    return replace(
+        base, method=method, seed=seed, steps=steps, noise=None, timesteps=None, weighting=None
+    ).resolved()
+
+
+def distil(config: GenerateConfig, prior: Prior, size: int) -> tuple[Run, Views, dict[str, float]]:
+    """Run ``config`` to its last step, then render the result (timings in the dict)."""
+    tic = time.perf_counter()
+    run = Run(config, prior)
+    noise_ms = step_ms = 0.0
+    while run.step < config.steps:
+        step = run.take_step()
+        noise_ms += step.noise_ms
+        step_ms += step.step_ms
+    distill_s = time.perf_counter() - tic
+    run.field.eval()
+    views = look(run, run.field, size)
+    timing = {
+        "noise_ms": noise_ms,
+        "step_ms": step_ms,
+        "distill_s": distill_s,
+        "eval_s": time.perf_counter() - tic - distill_s,
+    }
+    return run, views, timing
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def mean_or_none(values: list[float]) -> float | None:
+    return round(float(np.mean(values)), 4) if values else None
+
+
+def single_detail(runs: list[Result], truth: Views) -> dict:
+    """Per-seed mask IoU and colour error of one fully named prompt, and their means."""
+    target = torch.tensor(COLORS[runs[0].prompt.color])
+    seeds = []
+    for r in runs:
+        colour = mean_color(r.views)
+        err = None if colour is None else round(float((colour - target).abs().mean()), 4)
+        seeds.append(
+            {"seed": r.seed, "mask_iou": round(mask_iou(r.views, truth), 4), "color_err": err}
+        )
+    return {
+        "mask_iou": mean_or_none([s["mask_iou"] for s in seeds]),
+        "color_err": mean_or_none([s["color_err"] for s in seeds if s["color_err"] is not None]),
+        "diversity": round(diversity([r.views for r in runs]), 4),
+        "seeds": seeds,
+    }
+
+
+def underspecified_detail(
+    runs: list[Result], probe: torch.nn.Module, prior_freq: torch.Tensor
+) -> dict:
+    """The probe's class of each result's missing attribute (majority over the orbit), their
+    total variation from the prior's ``prior_freq``, and how often the named attribute is
+    right (``known_acc``)."""
+    prompt = runs[0].prompt
+    missing = prompt.missing
+    known = "shape" if missing == "color" else "color"
+    names, known_names = class_names(missing), class_names(known)
+    known_index = known_names.index(prompt.shape if known == "shape" else prompt.color)
+    labels, known_hits, seeds = [], [], []
+    for r in runs:
+        color, shape = probe_module().classify(probe, r.views.probe)
+        votes, known_votes = (color, shape) if missing == "color" else (shape, color)
+        labels.append(majority(votes, len(names)))
+        known_hits.append(float(majority(known_votes, len(known_names)) == known_index))
+        seeds.append({"seed": r.seed, missing: names[labels[-1]]})
+    counts = torch.bincount(torch.tensor(labels), minlength=len(names))
+    freq = counts.double() / len(labels)
+    return {
+        "classified": missing,
+        "classes": {n: int(c) for n, c in zip(names, counts.tolist(), strict=True) if c},
+        "mode_tv": round(total_variation(freq, prior_freq), 4),
+        "known_acc": round(float(np.mean(known_hits)), 4),
+        "diversity": round(diversity([r.views for r in runs]), 4),
+        "seeds": seeds,
+    }
+
+
+def summarise(
+    results: list[Result],
+    truths: dict[str, Views],
+    probe: torch.nn.Module,
+    prior_freq: dict[str, torch.Tensor],
+) -> dict:
+    """The JSON of one method's results."""
+    by_prompt: dict[str, list[Result]] = {}
+    for r in results:
+        by_prompt.setdefault(r.prompt.text, []).append(r)
+    per_prompt = {
+        text: single_detail(runs, truths[text])
+        if runs[0].prompt.missing is None
+        else underspecified_detail(runs, probe, prior_freq[text])
+        for text, runs in by_prompt.items()
+    }
+    singles = [d for d in per_prompt.values() if "mask_iou" in d]
+    unders = {t: d for t, d in per_prompt.items() if "mode_tv" in d}
+    seeds = [s for d in singles for s in d["seeds"]]
+    noise = sum(r.noise_ms for r in results)
+    step = sum(r.step_ms for r in results)
+    return {
+        "mask_iou": mean_or_none([s["mask_iou"] for s in seeds]),
+        "color_err": mean_or_none([s["color_err"] for s in seeds if s["color_err"] is not None]),
+        "diversity": mean_or_none([d["diversity"] for d in singles]),
+        "diversity_underspecified": mean_or_none([d["diversity"] for d in unders.values()]),
+        "mode_tv": {t: d["mode_tv"] for t, d in unders.items()},
+        "noise_share": round(noise / step, 4) if step > 0 else 0.0,
+        "wall_s": round(sum(r.distill_s + r.eval_s for r in results), 1),
+        "distill_s_per_run": round(float(np.mean([r.distill_s for r in results])), 2),
+        "empty_results": sum(int(not bool((r.views.opacity > 0.5).any())) for r in results),
+        "per_prompt": per_prompt,
+    }
+
+
+def machine(device: torch.device) -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU used"
+    return (
+        f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s), "
+        f"{where}, torch {torch.__version__}"
+    )
+
+
+def figure_png(results: list[Result], truths: dict[str, Views], methods: list[str]) -> bytes:
+    """Rows: ground truth (white for underspecified prompts), then each method; columns:
+    the (prompt, seed) pairs in run order."""
+    columns = [(r.prompt.text, r.seed) for r in results if r.method == methods[0]]
+    blank = np.full_like(results[0].views.figure, 255)
+    tiles = [truths[p].figure if p in truths else blank for p, _ in columns]
+    index = {(r.method, r.prompt.text, r.seed): r.views.figure for r in results}
+    for m in methods:
+        tiles += [index[(m, p, s)] for p, s in columns]
+    return preview_grid(np.stack(tiles), ncols=len(columns))
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(result: dict, methods: list[str], command: str, machine_text: str) -> str:
+    config = result["config"]
+    under = config["underspecified"]
+    lines = [
+        "# toyworld — CFD, SDS and FSD on the embedded prior's toy world",
+        "",
+        f"Written by `benchmarks/toyworld.py` on {config['date']}.",
+        "",
+        f"- Machine: {machine_text}",
+        f"- Command: `{command}`",
+        f"- Preset `{config['preset']}`, {config['steps']} steps, guidance "
+        f"{config['guidance_scale']:g}, seeds {config['seeds']} (single objects) and "
+        f"{config['under_seeds']} (underspecified); weights `{config['weights']}`.",
+        f"- Probe (trained on ground-truth renders only): colour accuracy "
+        f"{result['probe']['color_acc']:.3f}, shape accuracy {result['probe']['shape_acc']:.3f}"
+        f" on {result['probe']['n_test']} held-out renders.",
+        f"- Total wall time {result['wall_s']:.0f} s.",
+        "",
+        "mask IoU (↑) and colour error (↓) against ground truth over an 8-view orbit; "
+        "diversity: mean pairwise RMS between seeds' orbit renders; mode TV (↓): total "
+        "variation between the results' classes and the prior's own samples' classes.",
+        "",
+    ]
+    header = ["method", "mask IoU", "colour err", "diversity"]
+    header += [f"mode TV “{p}”" for p in under] + ["noise share", "wall s"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for m in methods:
+        r = result[m]
+        row = [m, fmt(r["mask_iou"]), fmt(r["color_err"]), fmt(r["diversity"])]
+        row += [fmt(r["mode_tv"].get(p)) for p in under]
+        row += [fmt(r["noise_share"]), f"{r['wall_s']:.0f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "## Per prompt",
+        "",
+        "| method | prompt | mask IoU | colour err | diversity | results |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in methods:
+        for text, d in result[m]["per_prompt"].items():
+            if "classes" in d:
+                shown = ", ".join(f"{k} {v}" for k, v in d["classes"].items())
+                shown += f" (TV {d['mode_tv']:.3f}, named attribute right {d['known_acc']:.2f})"
+            else:
+                shown = "IoU per seed " + " / ".join(f"{s['mask_iou']:.2f}" for s in d["seeds"])
+            lines.append(
+                f"| {m} | {text} | {fmt(d.get('mask_iou'))} | {fmt(d.get('color_err'))} | "
+                f"{fmt(d['diversity'])} | {shown} |"
+            )
+    lines += ["", "The prior's own samples (the reference of mode TV):", ""]
+    for text, freq in result["prior_classes"].items():
+        shown = ", ".join(f"{k} {v:.2f}" for k, v in freq.items() if v > 0)
+        lines.append(f"- “{text}”: {shown}")
+    lines += [
+        "",
+        "![toyworld](toyworld.png)",
+        "",
+        "Rows: ground truth (blank for underspecified prompts), then "
+        + ", ".join(methods)
+        + "; columns: "
+        + "; ".join(f"“{p}” × {n}" for p, n in config["columns"])
+        + f" seeds. Front-right view (azimuth {FIGURE_AZIMUTH:g}°), headlight.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    counts = {
+        "--seeds": args.seeds,
+        "--under-seeds": args.under_seeds,
+        "--prior-samples": args.prior_samples,
+        "--threads": args.threads,
+    }
+    if args.steps is not None:
+        counts["--steps"] = args.steps
+    for flag, value in counts.items():
+        if value <= 0:
+            raise UserError(f"{flag} must be positive, got {value}")
+    for method in args.methods:
+        if method not in METHODS:
+            raise UserError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+
+
+def run(args: argparse.Namespace) -> int:
+    check_counts(args)
+    singles = [parse_prompt(p) for p in args.prompts]
+    unders = [parse_prompt(p) for p in args.underspecified]
+    for p in singles:
+        if p.missing is not None:
+            raise UserError(f"--prompts takes fully named objects ('a red cube'), got {p.text!r}")
+    for p in unders:
+        if p.missing is None:
+            raise UserError(
+                f"--underspecified takes prompts without a colour or a shape, got {p.text!r}"
+            )
+    torch.set_num_threads(args.threads)
+    quick = args.quick
+    if quick:
+        singles = singles[:1]
+    seeds = [args.seed + i for i in range(1 if quick else args.seeds)]
+    under_seeds = [args.seed + i for i in range(1 if quick else args.under_seeds)]
+    prior_samples = 4 if quick else args.prior_samples
+    ddim_steps = 2 if quick else PRIOR_DDIM_STEPS
+    size = 32 if quick else EVAL_SIZE
+    n_train, n_test, epochs = (96, 32, 1) if quick else (1600, 400, 12)
+    methods = list(dict.fromkeys(args.methods))
+
+    start = time.perf_counter()
+    base = preset_config(PRESET, (singles or unders)[0].text)
+    steps = args.steps or (3 if quick else base.steps)
+    if args.weights is not None:
+        from cfd3d.priors.embedded.prior import EmbeddedPrior
+
+        prior = EmbeddedPrior.load(args.weights)
+        weights = str(args.weights)
+    else:
+        from cfd3d.priors.embedded.weights import default_weights_path
+
+        prior = load_prior_for(base)
+        weights = str(default_weights_path())
+
+    tp = probe_module()
+    print("training the probe on ground-truth renders", file=sys.stderr)
+    probe = tp.train_probe(tp.probe_data(n_train, tp.PROBE_SEED + 2 * args.seed), epochs, args.seed)
+    probe_color, probe_shape = tp.probe_accuracy(
+        probe, tp.probe_data(n_test, tp.PROBE_SEED + 2 * args.seed + 1)
+    )
+
+    prior_freq: dict[str, torch.Tensor] = {}
+    prior_classes: dict[str, dict[str, float]] = {}
+    for index, p in enumerate(unders):
+        print(f"sampling the prior for {p.text!r}", file=sys.stderr)
+        images = sample_images(
+            prior, p.text, prior_samples, base.guidance_scale, ddim_steps, 1000 * args.seed + index
+        )
+        names = class_names(p.missing)
+        labels = classify_missing(probe, tp.quantise(images), p.missing)
+        prior_freq[p.text] = frequencies(labels, len(names))
+        prior_classes[p.text] = {
+            n: round(float(f), 4) for n, f in zip(names, prior_freq[p.text], strict=True)
+        }
+
+    plan = [(p, s) for p in singles for s in seeds] + [(p, s) for p in unders for s in under_seeds]
+    total = len(plan) * len(methods)
+    results: list[Result] = []
+    truths: dict[str, Views] = {}
+    done = 0
+    for method in methods:
+        for prompt, seed in plan:
+            config = method_config(replace(base, prompt=prompt.text), method, seed, steps)
+            run_, views, timing = distil(config, prior, size)
+            if prompt.missing is None and prompt.text not in truths:
+                scene = get_scene(f"{prompt.color}_{prompt.shape}")
+                truths[prompt.text] = look(run_, scene, size)
+            results.append(Result(method, prompt, seed, views, **timing))
+            done += 1
+            if prompt.missing is None:
+                verdict = f"mask IoU {mask_iou(views, truths[prompt.text]):.3f}"
+            else:
+                label = classify_missing(probe, views.probe, prompt.missing)
+                names = class_names(prompt.missing)
+                verdict = f"{prompt.missing} {names[majority(label, len(names))]}"
+            print(
+                f"[{done}/{total}] {method} {prompt.text!r} seed {seed}: {steps} steps in "
+                f"{timing['distill_s']:.1f} s, {verdict}",
+                file=sys.stderr,
+            )
+
+    result: dict = {
+        m: summarise([r for r in results if r.method == m], truths, probe, prior_freq)
+        for m in methods
+    }
+    result["prior_classes"] = prior_classes
+    result["probe"] = {
+        "color_acc": round(probe_color, 4),
+        "shape_acc": round(probe_shape, 4),
+        "n_train": n_train,
+        "n_test": n_test,
+    }
+    result["config"] = {
+        "seed": args.seed,
+        "quick": quick,
+        "preset": PRESET,
+        "steps": steps,
+        "guidance_scale": base.guidance_scale,
+        "prompts": [p.text for p in singles],
+        "underspecified": [p.text for p in unders],
+        "seeds": len(seeds),
+        "under_seeds": len(under_seeds),
+        "prior_samples": prior_samples,
+        "prior_ddim_steps": ddim_steps,
+        "orbit": {
+            "views": ORBIT_VIEWS,
+            "elevation_deg": ELEVATION,
+            "distance": DISTANCE,
+            "fovy_deg": FOVY,
+            "size": size,
+        },
+        "weights": weights,
+        "threads": args.threads,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "columns": [[p.text, len(seeds)] for p in singles]
+        + [[p.text, len(under_seeds)] for p in unders],
+    }
+    result["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    result["wall_s"] = round(time.perf_counter() - start, 1)
+    docs = args.docs if args.docs is not None else (None if quick else DOCS)
+    if docs is not None:
+        command = shlex.join(["python", "benchmarks/toyworld.py", *sys.argv[1:]])
+        text = markdown(result, methods, command, machine(prior.device))
+        atomic_write_text(Path(docs) / "toyworld.md", text)
+        atomic_write_bytes(Path(docs) / "toyworld.png", figure_png(results, truths, methods))
+        result["docs"] = str(docs)
+    print(json.dumps(result))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=0, help="the first seed of every prompt")
+    parser.add_argument(
+        "--prompts", nargs="+", default=list(SINGLE_PROMPTS), help="single-object prompts"
+    )
+    parser.add_argument(
+        "--underspecified",
+        nargs="*",
+        default=list(UNDERSPECIFIED),
+        help="prompts without a colour or a shape ('a red object', 'a torus')",
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per single-object prompt")
+    parser.add_argument(
+        "--under-seeds", type=int, default=8, help="seeds per underspecified prompt"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="steps per run (default: the preset's, 500)"
+    )
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), help="cfd, sds, fsd")
+    parser.add_argument(
+        "--prior-samples", type=int, default=64, help="prior samples per underspecified prompt"
+    )
+    parser.add_argument(
+        "--weights", type=Path, default=None, help="embedded prior weights (default: shipped)"
+    )
+    parser.add_argument(
+        "--docs", type=Path, default=None, help="write toyworld.md/.png here (default: docs/)"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run of seconds; writes no docs"
+    )
+    args = parser.parse_args(argv)
+    return guarded(lambda: run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
