@@ -61,7 +61,7 @@ def test_cfd_covers_modes_while_sds_does_not():
     ("kwargs", "message"),
     [
         ({"method": "vsd"}, "unknown method 'vsd'; valid: cfd, sds, fsd"),
-        ({"prior": "sd9"}, "unknown prior 'sd9'; valid: gmm"),
+        ({"prior": "sd9"}, "unknown prior 'sd9'; valid: embedded, gmm"),
         ({"steps": 0}, "--steps must be a positive integer"),
         ({"gamma": 1.5}, r"gamma must be in \[0, 1\]"),
         ({"optimizer": "lbfgs"}, "valid: adam, ode"),

@@ -179,7 +179,8 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     done = len((killed / "metrics.jsonl").read_text().splitlines())
     assert done < steps
 
-    subprocess.run([*cmd, str(killed), "--resume"], env=_env(), check=True, timeout=300)
+    resume = [sys.executable, "-m", "cfd3d.cli", "generate", "--resume", "-q", "--out"]
+    subprocess.run([*resume, str(killed)], env=_env(), check=True, timeout=300)
     a = torch.load(whole / "checkpoints" / f"step_{steps:06d}.pt", weights_only=False)
     b = torch.load(killed / "checkpoints" / f"step_{steps:06d}.pt", weights_only=False)
     for key in a["field"]:

@@ -63,5 +63,5 @@ def test_unknown_prompt_lists_known_prompts():
 
 
 def test_unknown_prior_name():
-    with pytest.raises(ConfigError, match="valid: gmm"):
+    with pytest.raises(ConfigError, match="valid: embedded, gmm"):
         load_prior("sd-9000")
