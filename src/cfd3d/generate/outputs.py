@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,6 @@ from cfd3d.export.video import frames_to_gif, frames_to_mp4, preview_grid, turnt
 from cfd3d.generate.run import Run
 from cfd3d.io import atomic_write_bytes
 from cfd3d.render import SolidBackground
-from cfd3d.render.shading import ShadingConfig
 
 MESH_NAME = "model"
 TURNTABLE_NAME = "turntable"
@@ -24,13 +24,7 @@ PREVIEW_NAME = "preview.png"
 def render_turntable(run: Run, n_frames: int, size: int) -> np.ndarray:
     """``(n, size, size, 3)`` uint8 frames of a front-first orbit, lit by a headlight on
     white (deterministic: no jitter, no random light)."""
-    shading = ShadingConfig(
-        mode="diffuse",
-        ambient=run.config.shading.ambient,
-        diffuse=run.config.shading.diffuse,
-        light_distance=run.config.shading.light_distance,
-        light_jitter=0.0,
-    )
+    shading = replace(run.config.shading, mode="diffuse", light_jitter=0.0)
     background = SolidBackground()
     cams = run.config.cameras
     distance = 0.5 * (cams.distance[0] + cams.distance[1])

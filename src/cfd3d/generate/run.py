@@ -13,10 +13,9 @@ generators keyed by ``(seed, i)``, so a resumed run repeats an uninterrupted one
 
 from __future__ import annotations
 
-import io
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ from cfd3d.distill.loss import gradient_loss
 from cfd3d.distill.timesteps import timestep_fraction
 from cfd3d.errors import UserError
 from cfd3d.generate.config import GenerateConfig, config_to_dict
-from cfd3d.io import atomic_write_bytes
+from cfd3d.io import atomic_torch_save
 from cfd3d.noise import make_noise
 from cfd3d.priors.base import Condition, Prior
 from cfd3d.priors.prompts import view_prompt
@@ -163,13 +162,7 @@ class Run:
             mode = "textureless"
         else:
             mode = "diffuse"
-        return ShadingConfig(
-            mode=mode,  # type: ignore[arg-type]
-            ambient=c.shading.ambient,
-            diffuse=c.shading.diffuse,
-            light_distance=c.shading.light_distance,
-            light_jitter=c.shading.light_jitter,
-        )
+        return replace(c.shading, mode=mode)  # type: ignore[arg-type]
 
     def render(
         self, cameras: Cameras, size: int, shading=None, generator=None, background=None
@@ -267,10 +260,7 @@ class Run:
 
     def save_checkpoint(self, folder: Path) -> Path:
         """Write ``folder/step_NNNNNN.pt`` atomically and prune old ones."""
-        buffer = io.BytesIO()
-        torch.save(self.state_dict(), buffer)
-        path = folder / f"step_{self.step:06d}.pt"
-        atomic_write_bytes(path, buffer.getvalue())
+        path = atomic_torch_save(folder / f"step_{self.step:06d}.pt", self.state_dict())
         for old in list_checkpoints(folder)[: -self.config.keep_checkpoints]:
             old.unlink(missing_ok=True)
         return path

@@ -9,7 +9,7 @@ import torch
 
 from cfd3d.diffusion.samplers import ddim_sample, ddim_timesteps
 from cfd3d.errors import ConfigError
-from cfd3d.io import atomic_write_bytes, ensure_writable_dir
+from cfd3d.io import atomic_torch_save, atomic_write_bytes, ensure_writable_dir
 from cfd3d.priors.embedded.prior import EmbeddedPrior
 
 
@@ -86,9 +86,7 @@ def _run_train(args: argparse.Namespace) -> int:
         images, items = cached["images"], cached["items"]
     else:
         images, items = render_world(world, config.dataset_size, config.seed, progress=True)
-        buffer = __import__("io").BytesIO()
-        torch.save({"key": key, "images": images, "items": items}, buffer)
-        atomic_write_bytes(data_file, buffer.getvalue())
+        atomic_torch_save(data_file, {"key": key, "images": images, "items": items})
     tokenizer = WordTokenizer(vocabulary(), config.unet.max_tokens)
     bar = tqdm(total=config.steps, desc="training the embedded prior", unit="step")
 

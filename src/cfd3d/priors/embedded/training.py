@@ -18,7 +18,7 @@ import torch
 from torch.nn import functional as F
 
 from cfd3d.diffusion.schedule import make_schedule
-from cfd3d.io import atomic_write_bytes
+from cfd3d.io import atomic_torch_save
 from cfd3d.priors.embedded.tokenizer import WordTokenizer
 from cfd3d.priors.embedded.unet import TinyUNet, UNetConfig
 
@@ -144,15 +144,7 @@ def train(
                 "step": step + 1,
                 "config": asdict(config),
             }
-            atomic_write_bytes(checkpoint, _to_bytes(state))
+            atomic_torch_save(checkpoint, state)
         if progress is not None:
             progress(step, loss.item(), time.perf_counter() - tic)
     return ema.eval()
-
-
-def _to_bytes(state: dict) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return buffer.getvalue()
