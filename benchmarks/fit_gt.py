@@ -49,7 +49,6 @@ from scipy import ndimage
 from cfd3d.cli import guarded
 from cfd3d.export.formats import mesh_to_bytes
 from cfd3d.export.mesh import (
-    cell_centres,
     extract_mesh,
     occupancy_grid,
     sample_grid,
@@ -62,7 +61,7 @@ from cfd3d.scene.cameras import Cameras
 from cfd3d.scene.encoding import HashGridConfig
 from cfd3d.scene.nerf import NeRFConfig, NeRFField
 from cfd3d.scene.sampling import CameraSamplerConfig, sample_cameras
-from cfd3d.scene.toy import ToyFieldConfig, ToyScene, get_scene
+from cfd3d.scene.toy import ToyFieldConfig, get_scene
 
 N_TRAIN, N_HELDOUT, SIZE, BOUND = 96, 8, 64, 1.0
 IOU_RESOLUTION, MESH_RESOLUTION, N_FRAMES = 64, 128, 16
@@ -148,13 +147,6 @@ def solid_density(
     return lookup
 
 
-def scene_occupancy(scene: ToyScene, resolution: int, bound: float) -> np.ndarray:
-    """The scene's exact ``contains`` at the cell centres, ``(res, res, res)`` x first."""
-    axis = torch.as_tensor(cell_centres(resolution, bound))
-    points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
-    return scene.contains(points.reshape(-1, 3)).reshape((resolution,) * 3).numpy()
-
-
 def validator_errors(path: Path) -> int | None:
     """Errors the Khronos glTF validator reports for ``path``; None if it is not installed."""
     node = shutil.which("node")
@@ -228,9 +220,7 @@ def run(args: argparse.Namespace) -> int:
         min_component_fraction=0.01,
     )
     occupied = occupancy_grid(mesh, IOU_RESOLUTION, BOUND)
-    result["mesh_iou"] = round(
-        volumetric_iou(occupied, scene_occupancy(scene, IOU_RESOLUTION, BOUND)), 4
-    )
+    result["mesh_iou"] = round(volumetric_iou(occupied, scene.occupancy(IOU_RESOLUTION, BOUND)), 4)
     result["mesh_faces"] = len(mesh.faces)
     glb = atomic_write_bytes(out_dir / "fit.glb", mesh_to_bytes(mesh, "glb"))
     result["glb"] = str(glb)

@@ -37,7 +37,7 @@ machine roughly halves it. ``--quick`` shrinks everything to a smoke test of sec
 
 Usage::
 
-    python benchmarks/toy_prior.py [--seed 0] [--guidance 7.5] [--weights PATH |
+    python benchmarks/toy_prior.py [--seed 0] [--guidance G] [--weights PATH |
                                     --checkpoint /work/train/checkpoint.pt] [--quick]
 
 Without ``--weights`` or ``--checkpoint`` the shipped weights are judged. The last line of
@@ -62,6 +62,7 @@ from torch.nn import functional as F
 
 from cfd3d.cli import guarded
 from cfd3d.errors import UserError
+from cfd3d.generate.config import preset_config
 from cfd3d.priors.embedded.commands import sample_images
 from cfd3d.priors.embedded.prior import EmbeddedPrior
 from cfd3d.priors.embedded.tokenizer import WordTokenizer
@@ -77,6 +78,9 @@ from cfd3d.priors.embedded.world import (
 )
 from cfd3d.scene.sampling import CameraSamplerConfig, sample_cameras
 from cfd3d.scene.toy import COLORS, RELATIONS, pair
+
+DEMO_GUIDANCE = preset_config("cpu-demo", "a red cube").guidance_scale
+"""The guidance of the embedded prior's distillation preset: the main figures' scale."""
 
 COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
 PROBE_SHAPES: tuple[str, ...] = BASIC_SHAPES
@@ -533,8 +537,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--guidance",
         type=float,
-        default=7.5,
-        help="CFG scale of the main figures (the distillation preset's; 7.5 until it is set)",
+        default=DEMO_GUIDANCE,
+        help=f"CFG scale of the main figures (default: the cpu-demo preset's, {DEMO_GUIDANCE:g})",
     )
     parser.add_argument("--samples", type=int, default=16, help="samples per single-object prompt")
     parser.add_argument(

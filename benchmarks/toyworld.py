@@ -50,11 +50,13 @@ import datetime
 import importlib.util
 import itertools
 import json
+import multiprocessing
 import os
 import platform
 import shlex
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
@@ -64,9 +66,11 @@ import torch
 
 from cfd3d.cli import guarded
 from cfd3d.errors import UserError
+from cfd3d.export.mesh import occupancy_grid, volumetric_iou
 from cfd3d.export.video import preview_grid, to_uint8
 from cfd3d.generate.command import load_prior_for
 from cfd3d.generate.config import GenerateConfig, preset_config
+from cfd3d.generate.outputs import run_mesh
 from cfd3d.generate.run import Run
 from cfd3d.io import atomic_write_bytes, atomic_write_text
 from cfd3d.priors.base import Prior
@@ -85,6 +89,8 @@ ORBIT_VIEWS, ELEVATION, DISTANCE, FOVY = 8, 15.0, 1.4, 52.5
 """The evaluation orbit: the middle of the training cameras' distance and field of view."""
 EVAL_SIZE = 64
 """Pixels (square) of the orbit renders that IoU, colour and diversity are measured on."""
+MESH_IOU_RESOLUTION = 64
+"""Cells per axis of the volumetric mesh IoU."""
 FIGURE_AZIMUTH = 35.0
 """The figure's view: front-right, so that two sides and the top show."""
 ALBEDO = ShadingConfig(mode="albedo")
@@ -267,6 +273,8 @@ class Result:
     Attributes:
         method, prompt, seed: what was run.
         views: its evaluation renders.
+        mesh_iou: volumetric IoU of its exported mesh against the ground truth (fully
+            named prompts only).
         noise_ms, step_ms: summed over the steps.
         distill_s, eval_s: wall time of the optimisation and of the evaluation.
     """
@@ -275,6 +283,7 @@ class Result:
     prompt: Prompt
     seed: int
     views: Views
+    mesh_iou: float | None
     noise_ms: float
     step_ms: float
     distill_s: float
@@ -309,6 +318,60 @@ def distil(config: GenerateConfig, prior: Prior, size: int) -> tuple[Run, Views,
     return run, views, timing
 
 
+def mesh_iou(run: Run, prompt: Prompt) -> float:
+    """Volumetric IoU at :data:`MESH_IOU_RESOLUTION`³ between the mesh that ``cfd3d
+    generate`` would export for ``run`` and the ground-truth solid (0 without a mesh)."""
+    mesh, _ = run_mesh(run)
+    if mesh is None:
+        return 0.0
+    bound = run.config.voxel.bound if run.config.field == "voxel" else run.config.nerf.bound
+    truth = get_scene(f"{prompt.color}_{prompt.shape}").occupancy(MESH_IOU_RESOLUTION, bound)
+    return volumetric_iou(occupancy_grid(mesh, MESH_IOU_RESOLUTION, bound), truth)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run of the plan: what a worker needs besides the prior."""
+
+    base: GenerateConfig
+    method: str
+    prompt: Prompt
+    seed: int
+    steps: int
+    size: int
+
+
+_WORKER_PRIOR: list[Prior] = []
+
+
+def start_worker(weights: Path | None, base: GenerateConfig, threads: int) -> None:
+    """Initialise a worker process: its thread count and its own copy of the prior."""
+    torch.set_num_threads(threads)
+    _WORKER_PRIOR[:] = [load_prior(weights, base)]
+
+
+def load_prior(weights: Path | None, base: GenerateConfig) -> Prior:
+    if weights is not None:
+        from cfd3d.priors.embedded.prior import EmbeddedPrior
+
+        return EmbeddedPrior.load(weights)
+    return load_prior_for(base)
+
+
+def run_job(job: Job, prior: Prior | None = None) -> tuple[Result, Views | None]:
+    """Distil ``job``; also render the ground truth of a fully named prompt."""
+    config = method_config(
+        replace(job.base, prompt=job.prompt.text), job.method, job.seed, job.steps
+    )
+    run_, views, timing = distil(config, prior if prior is not None else _WORKER_PRIOR[0], job.size)
+    truth = None
+    iou = None
+    if job.prompt.missing is None:
+        truth = look(run_, get_scene(f"{job.prompt.color}_{job.prompt.shape}"), job.size)
+        iou = round(mesh_iou(run_, job.prompt), 4)
+    return Result(job.method, job.prompt, job.seed, views, iou, **timing), truth
+
+
 # ---------------------------------------------------------------------------- report
 
 
@@ -324,10 +387,16 @@ def single_detail(runs: list[Result], truth: Views) -> dict:
         colour = mean_color(r.views)
         err = None if colour is None else round(float((colour - target).abs().mean()), 4)
         seeds.append(
-            {"seed": r.seed, "mask_iou": round(mask_iou(r.views, truth), 4), "color_err": err}
+            {
+                "seed": r.seed,
+                "mask_iou": round(mask_iou(r.views, truth), 4),
+                "mesh_iou": r.mesh_iou,
+                "color_err": err,
+            }
         )
     return {
         "mask_iou": mean_or_none([s["mask_iou"] for s in seeds]),
+        "mesh_iou": mean_or_none([s["mesh_iou"] for s in seeds if s["mesh_iou"] is not None]),
         "color_err": mean_or_none([s["color_err"] for s in seeds if s["color_err"] is not None]),
         "diversity": round(diversity([r.views for r in runs]), 4),
         "seeds": seeds,
@@ -387,6 +456,7 @@ def summarise(
     step = sum(r.step_ms for r in results)
     return {
         "mask_iou": mean_or_none([s["mask_iou"] for s in seeds]),
+        "mesh_iou": mean_or_none([s["mesh_iou"] for s in seeds if s["mesh_iou"] is not None]),
         "color_err": mean_or_none([s["color_err"] for s in seeds if s["color_err"] is not None]),
         "diversity": mean_or_none([d["diversity"] for d in singles]),
         "diversity_underspecified": mean_or_none([d["diversity"] for d in unders.values()]),
@@ -449,17 +519,19 @@ def markdown(result: dict, methods: list[str], command: str, machine_text: str) 
         f" on {result['probe']['n_test']} held-out renders.",
         f"- Total wall time {result['wall_s']:.0f} s.",
         "",
-        "mask IoU (↑) and colour error (↓) against ground truth over an 8-view orbit; "
+        "mask IoU (↑) and colour error (↓) against ground truth over an 8-view orbit; mesh "
+        f"IoU (↑): volumetric IoU at {MESH_IOU_RESOLUTION}³ of the mesh `cfd3d generate` "
+        "exports (automatic threshold) against the ground-truth solid; "
         "diversity: mean pairwise RMS between seeds' orbit renders; mode TV (↓): total "
         "variation between the results' classes and the prior's own samples' classes.",
         "",
     ]
-    header = ["method", "mask IoU", "colour err", "diversity"]
+    header = ["method", "mask IoU", "mesh IoU", "colour err", "diversity"]
     header += [f"mode TV “{p}”" for p in under] + ["noise share", "wall s"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for m in methods:
         r = result[m]
-        row = [m, fmt(r["mask_iou"]), fmt(r["color_err"]), fmt(r["diversity"])]
+        row = [m, fmt(r["mask_iou"]), fmt(r["mesh_iou"]), fmt(r["color_err"]), fmt(r["diversity"])]
         row += [fmt(r["mode_tv"].get(p)) for p in under]
         row += [fmt(r["noise_share"]), f"{r['wall_s']:.0f}"]
         lines.append("| " + " | ".join(row) + " |")
@@ -467,8 +539,8 @@ def markdown(result: dict, methods: list[str], command: str, machine_text: str) 
         "",
         "## Per prompt",
         "",
-        "| method | prompt | mask IoU | colour err | diversity | results |",
-        "|---|---|---|---|---|---|",
+        "| method | prompt | mask IoU | mesh IoU | colour err | diversity | results |",
+        "|---|---|---|---|---|---|---|",
     ]
     for m in methods:
         for text, d in result[m]["per_prompt"].items():
@@ -478,7 +550,8 @@ def markdown(result: dict, methods: list[str], command: str, machine_text: str) 
             else:
                 shown = "IoU per seed " + " / ".join(f"{s['mask_iou']:.2f}" for s in d["seeds"])
             lines.append(
-                f"| {m} | {text} | {fmt(d.get('mask_iou'))} | {fmt(d.get('color_err'))} | "
+                f"| {m} | {text} | {fmt(d.get('mask_iou'))} | {fmt(d.get('mesh_iou'))} | "
+                f"{fmt(d.get('color_err'))} | "
                 f"{fmt(d['diversity'])} | {shown} |"
             )
     lines += ["", "The prior's own samples (the reference of mode TV):", ""]
@@ -508,6 +581,7 @@ def check_counts(args: argparse.Namespace) -> None:
         "--under-seeds": args.under_seeds,
         "--prior-samples": args.prior_samples,
         "--threads": args.threads,
+        "--jobs": args.jobs,
     }
     if args.steps is not None:
         counts["--steps"] = args.steps
@@ -546,15 +620,12 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     base = preset_config(PRESET, (singles or unders)[0].text)
     steps = args.steps or (3 if quick else base.steps)
+    prior = load_prior(args.weights, base)
     if args.weights is not None:
-        from cfd3d.priors.embedded.prior import EmbeddedPrior
-
-        prior = EmbeddedPrior.load(args.weights)
         weights = str(args.weights)
     else:
         from cfd3d.priors.embedded.weights import default_weights_path
 
-        prior = load_prior_for(base)
         weights = str(default_weights_path())
 
     tp = probe_module()
@@ -579,30 +650,44 @@ def run(args: argparse.Namespace) -> int:
         }
 
     plan = [(p, s) for p in singles for s in seeds] + [(p, s) for p in unders for s in under_seeds]
-    total = len(plan) * len(methods)
+    jobs = [Job(base, m, p, s, steps, size) for m in methods for p, s in plan]
     results: list[Result] = []
     truths: dict[str, Views] = {}
-    done = 0
-    for method in methods:
-        for prompt, seed in plan:
-            config = method_config(replace(base, prompt=prompt.text), method, seed, steps)
-            run_, views, timing = distil(config, prior, size)
-            if prompt.missing is None and prompt.text not in truths:
-                scene = get_scene(f"{prompt.color}_{prompt.shape}")
-                truths[prompt.text] = look(run_, scene, size)
-            results.append(Result(method, prompt, seed, views, **timing))
-            done += 1
-            if prompt.missing is None:
-                verdict = f"mask IoU {mask_iou(views, truths[prompt.text]):.3f}"
-            else:
-                label = classify_missing(probe, views.probe, prompt.missing)
-                names = class_names(prompt.missing)
-                verdict = f"{prompt.missing} {names[majority(label, len(names))]}"
-            print(
-                f"[{done}/{total}] {method} {prompt.text!r} seed {seed}: {steps} steps in "
-                f"{timing['distill_s']:.1f} s, {verdict}",
-                file=sys.stderr,
-            )
+
+    def report(done: int, result: Result, truth: Views | None) -> None:
+        results.append(result)
+        prompt = result.prompt
+        if truth is not None:
+            truths.setdefault(prompt.text, truth)
+            verdict = f"mask IoU {mask_iou(result.views, truths[prompt.text]):.3f}"
+            verdict += f", mesh IoU {result.mesh_iou:.3f}"
+        else:
+            label = classify_missing(probe, result.views.probe, prompt.missing)
+            names = class_names(prompt.missing)
+            verdict = f"{prompt.missing} {names[majority(label, len(names))]}"
+        print(
+            f"[{done}/{len(jobs)}] {result.method} {prompt.text!r} seed {result.seed}: "
+            f"{steps} steps in {result.distill_s:.1f} s, {verdict}",
+            file=sys.stderr,
+        )
+
+    if args.jobs == 1:
+        for done, job in enumerate(jobs, 1):
+            report(done, *run_job(job, prior))
+    else:
+        # Workers of one thread each, methods interleaved so that all advance together.
+        order = sorted(range(len(jobs)), key=lambda i: (i % len(plan), i // len(plan)))
+        with ProcessPoolExecutor(
+            args.jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=start_worker,
+            initargs=(args.weights, base, args.threads),
+        ) as pool:
+            futures = [pool.submit(run_job, jobs[i]) for i in order]
+            for done, future in enumerate(as_completed(futures), 1):
+                report(done, *future.result())
+        rank = {(j.method, j.prompt.text, j.seed): i for i, j in enumerate(jobs)}
+        results.sort(key=lambda r: rank[(r.method, r.prompt.text, r.seed)])
 
     result: dict = {
         m: summarise([r for r in results if r.method == m], truths, probe, prior_freq)
@@ -636,6 +721,7 @@ def run(args: argparse.Namespace) -> int:
         },
         "weights": weights,
         "threads": args.threads,
+        "jobs": args.jobs,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "columns": [[p.text, len(seeds)] for p in singles]
         + [[p.text, len(under_seeds)] for p in unders],
@@ -682,7 +768,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--docs", type=Path, default=None, help="write toyworld.md/.png here (default: docs/)"
     )
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (per job)")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs in parallel, each in its own process"
+    )
     parser.add_argument(
         "--quick", action="store_true", help="a smoke run of seconds; writes no docs"
     )

@@ -2,6 +2,8 @@
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -67,6 +69,7 @@ def test_quick_run_prints_one_json_line_and_writes_docs(tmp_path, capsys):
     for method in bench.METHODS:
         r = result[method]
         assert 0.0 <= r["mask_iou"] <= 1.0
+        assert 0.0 <= r["mesh_iou"] <= 1.0
         assert 0.0 <= r["color_err"] <= 1.0
         assert r["diversity"] == 0.0  # one seed
         assert set(r["mode_tv"]) == set(bench.UNDERSPECIFIED)
@@ -82,6 +85,28 @@ def test_quick_run_prints_one_json_line_and_writes_docs(tmp_path, capsys):
     assert (tmp_path / "toyworld.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_parallel_jobs_give_the_same_results_as_one_process(capsys):
+    # Each worker process loads its own prior; on the CPU the results must not depend on
+    # which process ran them, nor on the order in which they finished.
+    args = ["--quick", "--underspecified", "a torus", "--methods", "cfd", "sds"]
+    assert bench.main(args) == 0
+    serial = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), *args, "--jobs", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    parallel = json.loads(done.stdout.strip().splitlines()[-1])
+    assert parallel["config"]["jobs"] == 2
+    for method in ("cfd", "sds"):
+        assert parallel[method]["per_prompt"] == serial[method]["per_prompt"]
+        assert parallel[method]["mask_iou"] == serial[method]["mask_iou"]
+        assert parallel[method]["mesh_iou"] == serial[method]["mesh_iou"]
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -89,6 +114,7 @@ def test_quick_run_prints_one_json_line_and_writes_docs(tmp_path, capsys):
         (["--underspecified", "a red cube"], "--underspecified takes prompts"),
         (["--prompts", "a plaid cube"], "cannot read the prompt"),
         (["--seeds", "0"], "--seeds must be positive"),
+        (["--jobs", "0"], "--jobs must be positive"),
         (["--methods", "dds"], "unknown method"),
     ],
 )

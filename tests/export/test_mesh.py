@@ -7,7 +7,7 @@ import trimesh
 
 from cfd3d.errors import ConfigError
 from cfd3d.export import extract_mesh, occupancy_grid, volumetric_iou
-from cfd3d.export.mesh import cell_centres, sample_grid
+from cfd3d.export.mesh import auto_threshold, cell_centres, sample_grid
 
 CENTRE = torch.tensor([0.2, -0.1, 0.15])
 
@@ -278,3 +278,33 @@ def test_volumetric_iou():
     assert volumetric_iou(a, ~a) == 0.0
     with pytest.raises(ValueError, match="shape"):
         volumetric_iou(a, b[:3])
+
+
+def soft_ball(radius: float, interior: float, width: float = 0.02):
+    """Density rising smoothly from 0 outside to ``interior`` inside a ball at CENTRE."""
+    return lambda p: interior * torch.sigmoid((radius - (p - CENTRE.to(p)).norm(dim=-1)) / width)
+
+
+@pytest.mark.parametrize("interior", [3.0, 8.0, 300.0])
+def test_auto_threshold_finds_the_surface_whatever_the_interior_density(interior):
+    # Distilled fields saturate at arbitrary densities; a fixed level of 10 misses a field
+    # that saturates at 8 (or lands on a sliver of it), the automatic one finds the ball.
+    mesh = extract_mesh(soft_ball(0.4, interior), resolution=48, threshold=None)
+    threshold = mesh.metadata["threshold"]
+    assert 0.3 * interior < threshold < 0.6 * interior
+    dist = np.linalg.norm(mesh.vertices - CENTRE.numpy(), axis=1)
+    assert abs(float(np.median(dist)) - 0.4) < 0.03
+    assert mesh.is_watertight
+
+
+def test_auto_threshold_is_independent_of_the_objects_size():
+    small = extract_mesh(soft_ball(0.15, 8.0), resolution=48, threshold=None)
+    large = extract_mesh(soft_ball(0.6, 8.0), resolution=48, threshold=None)
+    assert small.metadata["threshold"] == pytest.approx(large.metadata["threshold"], rel=0.25)
+
+
+def test_auto_threshold_of_an_empty_field_is_a_config_error():
+    with pytest.raises(ConfigError, match="empty"):
+        auto_threshold(np.zeros((4, 4, 4)))
+    with pytest.raises(ConfigError, match="empty"):
+        extract_mesh(lambda p: torch.zeros(len(p)), resolution=8, threshold=None)

@@ -87,6 +87,35 @@ def test_cpu_demo_preset_runs_every_method(method, tmp_path, capsys):
     assert saved.noise is not None and saved.noise.kind == expected_noise
 
 
+@pytest.mark.parametrize("interior", [7.0, 40.0])
+def test_the_exported_mesh_is_the_distilled_object(interior, tmp_path):
+    # A distilled voxel field saturates at whatever density makes it opaque (about 7 for
+    # the demo's cube); the mesh must be that object, not whatever pokes above a fixed level.
+    from cfd3d.generate.outputs import write_outputs
+    from cfd3d.generate.run import Run
+    from cfd3d.priors.registry import load_prior
+
+    config = replace(
+        preset_config("cpu-demo", "a red cube"), **{**SMALL_EXPORT, "mesh_resolution": 48}
+    )
+    run = Run(config.resolved(), load_prior("embedded"))
+    field = run.field
+    res = field.config.resolution
+    axis = torch.linspace(-field.config.bound, field.config.bound, res)
+    grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
+    inside = (grid.abs().amax(dim=-1) < 0.3).float()  # a cube of half-size 0.3
+    density = interior * inside + 0.01
+    density[3, 3, 3] = 1.6 * interior  # one hot voxel far from the cube
+    with torch.no_grad():  # invert softplus(raw + shift)
+        raw = torch.log(torch.expm1(density)) - field.config.density_shift
+        field.raw_density.copy_(raw)
+    written = write_outputs(run, tmp_path)
+    mesh = trimesh.load(written["glb"], force="mesh")
+    lo, hi = mesh.bounds
+    assert hi - lo == pytest.approx([0.6, 0.6, 0.6], abs=0.1)
+    assert 0.3 * interior < float(written["mesh_threshold"]) < 0.7 * interior
+
+
 @pytest.mark.parametrize("preset", ["sd-stage1", "sd-low-vram", "sd-cpu"])
 def test_stable_diffusion_presets_run_two_steps_on_the_cpu(preset, sd_folder, tmp_path, capsys):
     # Renders at 64² (sd-stage1 uses 128²) with albedo shading: the NeRF's backward at 128²

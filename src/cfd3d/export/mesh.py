@@ -32,6 +32,31 @@ A ray crossing a layer of this density 0.1 units thick accumulates an opacity of
 ``1 - exp(-1) ≈ 0.63``, so the level set sits where a rendered surface becomes opaque.
 """
 
+AUTO_LEVEL = 0.5
+"""The automatic threshold's fraction of the field's interior density (see
+:func:`auto_threshold`)."""
+
+
+def auto_threshold(grid: np.ndarray, level: float = AUTO_LEVEL) -> float:
+    """A surface density for a field whose interior density is not known in advance.
+
+    Distilled fields saturate at whatever density makes them opaque (a few units to a
+    few hundred), so no fixed level fits them all. The interior density is estimated as
+    the mean density weighted by ``σ²``, ``Σσ³ / Σσ²`` over the grid, which the dense
+    inside dominates whatever the object's size (the thin rise at the surface and empty
+    space weigh little), and the surface is put at ``level`` of it: half-way up the
+    density's rise from empty space to the inside.
+
+    Raises:
+        ConfigError: if the grid holds no density at all.
+    """
+    values = np.clip(grid.astype(np.float64), 0.0, None)
+    total = float(values.sum())
+    if not total > 0.0:
+        raise ConfigError("field is empty (no density anywhere); nothing to mesh")
+    squares = values * values
+    return level * float((squares * values).sum()) / float(squares.sum())
+
 
 def cell_centres(resolution: int, bound: float) -> np.ndarray:
     """``(resolution,)`` float64 cell-centre coordinates along one axis (see module doc)."""
@@ -128,7 +153,7 @@ def extract_mesh(
     *,
     resolution: int = 128,
     bound: float = 1.0,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = DEFAULT_THRESHOLD,
     chunk: int = 65536,
     min_component_fraction: float = 0.0,
     device: torch.device | str | None = None,
@@ -149,7 +174,8 @@ def extract_mesh(
             ``None`` gives a mesh without colours.
         resolution: cells per axis.
         bound: half-size of the sampled cube.
-        threshold: density of the surface.
+        threshold: density of the surface; ``None`` chooses it with
+            :func:`auto_threshold`. The level used is kept in ``mesh.metadata["threshold"]``.
         chunk: points per call of ``density_fn``/``color_fn``.
         min_component_fraction: drop connected components with fewer than this fraction
             of all faces (floaters); 0 keeps everything.
@@ -169,6 +195,8 @@ def extract_mesh(
         )
     device = torch.device(device) if device is not None else _infer_device(density_fn)
     grid = sample_grid(density_fn, resolution, bound, chunk, device)
+    if threshold is None:
+        threshold = auto_threshold(grid)
     peak = float(grid.max())
     if not peak > threshold:
         raise ConfigError(
@@ -194,6 +222,7 @@ def extract_mesh(
         mesh.invert()
     if color_fn is not None:
         mesh.visual.vertex_colors = vertex_colors(color_fn, mesh.vertices, chunk, device)
+    mesh.metadata["threshold"] = float(threshold)
     return mesh
 
 

@@ -76,7 +76,8 @@ class GenerateConfig:
         max_bad_steps: consecutive non-finite steps after which the run stops.
         formats: mesh formats written besides the run (``glb``, ``obj``, ``ply``).
         mesh_resolution: marching-cubes cells per axis.
-        mesh_threshold: density of the extracted surface.
+        mesh_threshold: density of the extracted surface (``None``: automatic, half the
+            field's interior density, see :func:`cfd3d.export.mesh.auto_threshold`).
         turntable_frames, turntable_size, fps: the turntable video.
     """
 
@@ -86,7 +87,7 @@ class GenerateConfig:
     preset: str = "cpu-demo"
     seed: int = 0
     steps: int = 500
-    guidance_scale: float = 1.5
+    guidance_scale: float = 3.0
     negative_prompt: str = ""
     view_prompts: bool = True
     view_labels: ViewLabelConfig = dataclasses.field(default_factory=ViewLabelConfig)
@@ -122,7 +123,7 @@ class GenerateConfig:
     max_bad_steps: int = 10
     formats: tuple[str, ...] = ("glb",)
     mesh_resolution: int = 96
-    mesh_threshold: float = 10.0
+    mesh_threshold: float | None = None
     turntable_frames: int = 36
     turntable_size: int = 128
     fps: int = 24
@@ -165,6 +166,10 @@ class GenerateConfig:
             raise ConfigError("p_albedo and p_textureless must be >= 0 with a sum <= 1")
         if not (0.0 <= self.gamma_end <= 1.0 and 0.0 <= self.gamma_start <= 1.0):
             raise ConfigError("gamma_start and gamma_end must lie in [0, 1]")
+        if self.mesh_threshold is not None and not self.mesh_threshold > 0.0:
+            raise ConfigError(
+                f"mesh_threshold must be > 0 (or null for automatic), got {self.mesh_threshold}"
+            )
         for fmt in self.formats:
             check_format(fmt)
 

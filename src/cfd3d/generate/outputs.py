@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import trimesh
 
 from cfd3d.errors import ConfigError
 from cfd3d.export.formats import mesh_to_bytes
@@ -41,6 +42,33 @@ def render_turntable(run: Run, n_frames: int, size: int) -> np.ndarray:
     )
 
 
+def run_mesh(run: Run) -> tuple[trimesh.Trimesh | None, dict[str, str]]:
+    """The mesh of ``run``'s field and ``{"mesh_threshold": level}``, or ``None`` and
+    ``{"mesh_error": why}`` when the field has no surface."""
+    c = run.config
+    field = run.field
+    bound = c.voxel.bound if c.field == "voxel" else c.nerf.bound
+    # An explicit level may be above a young field's density (a short run): fall back to
+    # lower levels, and say so in the summary, rather than leave the run without a mesh.
+    t = c.mesh_threshold
+    error = ""
+    for threshold in [None] if t is None else [t, 0.5 * t, 0.25 * t]:
+        try:
+            mesh = extract_mesh(
+                field.density,  # type: ignore[attr-defined]
+                lambda p: field(p).albedo,
+                resolution=c.mesh_resolution,
+                bound=bound,
+                threshold=threshold,
+                min_component_fraction=0.01,
+            )
+        except ConfigError as exc:
+            error = str(exc)
+            continue
+        return mesh, {"mesh_threshold": f"{mesh.metadata['threshold']:.4g}"}
+    return None, {"mesh_error": error}
+
+
 def write_outputs(run: Run, folder: Path) -> dict[str, str]:
     """Export the field of ``run`` into ``folder``; returns ``{kind: path}``.
 
@@ -62,27 +90,8 @@ def write_outputs(run: Run, folder: Path) -> dict[str, str]:
     written["preview"] = str(
         atomic_write_bytes(folder / PREVIEW_NAME, preview_grid(frames[picks], 4))
     )
-    field = run.field
-    bound = c.voxel.bound if c.field == "voxel" else c.nerf.bound
-    mesh = None
-    # A young field (a short run) may not reach the surface density yet: fall back to
-    # lower levels, and say so in the summary, rather than leave the run without a mesh.
-    for threshold in (c.mesh_threshold, 0.5 * c.mesh_threshold, 0.25 * c.mesh_threshold):
-        try:
-            mesh = extract_mesh(
-                field.density,  # type: ignore[attr-defined]
-                lambda p: field(p).albedo,
-                resolution=c.mesh_resolution,
-                bound=bound,
-                threshold=threshold,
-                min_component_fraction=0.01,
-            )
-        except ConfigError as exc:
-            written["mesh_error"] = str(exc)
-            continue
-        written.pop("mesh_error", None)
-        written["mesh_threshold"] = f"{threshold:g}"
-        break
+    mesh, notes = run_mesh(run)
+    written.update(notes)
     if mesh is None:
         return written
     for fmt in c.formats:

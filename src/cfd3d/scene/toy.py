@@ -422,6 +422,15 @@ class ToyScene:
         """``(N,)`` bool: the point lies inside (or on) the ideal solid."""
         return self.sdf(points) <= 0.0
 
+    def occupancy(self, resolution: int, bound: float) -> np.ndarray:
+        """``(res, res, res)`` bool :meth:`contains` at the cell centres of the grid of
+        :mod:`cfd3d.export.mesh` (``resolution`` cells over ``[-bound, bound]``, x first)."""
+        h = 2.0 * bound / resolution
+        axis = -bound + (torch.arange(resolution, dtype=torch.float64) + 0.5) * h
+        points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
+        inside = self.contains(points.reshape(-1, 3))
+        return inside.reshape((resolution,) * 3).numpy()
+
     def __call__(self, points: torch.Tensor) -> FieldOutput:
         """The scene as a field: density from the SDF, albedo of the nearest primitive."""
         sdfs = self._sdfs(points)
