@@ -448,3 +448,15 @@ def test_resume_refuses_options_that_would_change_the_run(finished_run, capsys):
     )
     assert "--steps" in err
     assert snapshot(finished_run) == before
+
+
+def test_help_explains_each_presets_defaults(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for name in PRESETS:
+        config = preset_config(name, "a red cube")
+        assert f"{name} {config.steps}" in text
+        assert f"{name} {config.guidance_scale:g}" in text
+    assert "--resume" in text and "--overwrite" in text

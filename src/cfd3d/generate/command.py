@@ -296,6 +296,12 @@ def _drive(run: Run, out: Path, quiet: bool) -> int:
     return 0
 
 
+def _by_preset(attribute: str) -> str:
+    """``"(default: the preset's: cpu-demo 500, ...)"`` for a config attribute."""
+    values = (f"{n} {getattr(f('a red cube'), attribute):g}" for n, f in PRESETS.items())
+    return f"(default: the preset's: {', '.join(values)})"
+
+
 def add_generate_command(subparsers: argparse._SubParsersAction) -> None:
     """Register ``cfd3d generate``."""
     p = subparsers.add_parser(
@@ -325,9 +331,16 @@ def add_generate_command(subparsers: argparse._SubParsersAction) -> None:
         help=f"one of {', '.join(PRESETS)} (default: cpu-demo for the embedded prior; for "
         "Stable Diffusion sd-stage1 on a GPU, sd-cpu without one)",
     )
-    p.add_argument("--steps", type=int, default=None, help="optimisation steps")
+    p.add_argument(
+        "--steps", type=int, default=None, help=f"optimisation steps {_by_preset('steps')}"
+    )
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help=f"classifier-free guidance scale {_by_preset('guidance_scale')}",
+    )
     p.add_argument("--negative-prompt", default=None, help="negative prompt for guidance")
     p.add_argument(
         "--formats", default=None, help="mesh formats, comma-separated: glb (default), obj, ply"
