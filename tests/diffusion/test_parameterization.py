@@ -1,6 +1,6 @@
 import torch
 
-from cfd3d.diffusion.guidance import classifier_free_guidance
+from cfd3d.diffusion.guidance import classifier_free_guidance, perp_neg_guidance
 from cfd3d.diffusion.parameterization import eps_to_v, eps_to_x0, v_to_eps, x0_to_eps
 
 
@@ -33,3 +33,17 @@ def test_classifier_free_guidance_formula():
     assert torch.equal(classifier_free_guidance(cond, uncond, 0.0), uncond)
     # uncond + s (cond - uncond), not cond + s (cond - uncond)
     assert torch.equal(classifier_free_guidance(cond, uncond, 3.0), torch.tensor([4.0, -5.0]))
+
+
+def test_perp_neg_removes_only_the_negative_part_orthogonal_to_the_prompt():
+    uncond = torch.zeros(2, 2)
+    pos = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    neg = torch.tensor([[1.0, 1.0], [1.0, 1.0]])  # parallel part (1, 0), orthogonal (0, 1)
+    plain = classifier_free_guidance(pos, uncond, 2.0)
+    assert torch.equal(perp_neg_guidance(pos, uncond, [], [], 2.0), plain)
+    assert torch.allclose(
+        perp_neg_guidance(pos, uncond, [neg], [0.5], 2.0), torch.tensor([[2.0, -1.0]] * 2)
+    )
+    # One weight per sample: the first untouched, the second pushed off the negative.
+    per_sample = perp_neg_guidance(pos, uncond, [neg], [torch.tensor([0.0, 1.0])], 2.0)
+    assert torch.allclose(per_sample, torch.tensor([[2.0, 0.0], [2.0, -2.0]]))

@@ -460,3 +460,41 @@ def test_help_explains_each_presets_defaults(capsys):
         assert f"{name} {config.steps}" in text
         assert f"{name} {config.guidance_scale:g}" in text
     assert "--resume" in text and "--overwrite" in text
+
+
+def test_perp_neg_weights_follow_the_azimuth_and_a_run_uses_them(tmp_path, capsys):
+    from cfd3d.generate.run import Run
+    from cfd3d.priors.registry import load_prior
+    from cfd3d.scene.cameras import spherical_cameras
+
+    prior = load_prior("embedded")
+    config = replace(preset_config("cpu-demo", "a red head"), perp_neg=2.0).resolved()
+    run = Run(config, prior)
+    azimuth = torch.tensor([0.0, 90.0, 180.0, 300.0])
+    cameras = spherical_cameras(azimuth, torch.full((4,), 15.0), torch.ones(4), torch.ones(4) * 50)
+    condition = run.condition(cameras)
+    (front, w_front), (back, w_back) = condition.perp_neg
+    assert torch.allclose(w_front, torch.tensor([0.0, 0.0, 2.0, 0.0]), atol=1e-6)
+    assert torch.allclose(w_back, torch.tensor([2.0, 0.0, 0.0, 1.0]), atol=1e-6)
+    assert torch.equal(front[0], prior.embed(["a red head, front view"])[0])
+    assert torch.equal(back[0], prior.embed(["a red head, back view"])[0])
+    # Off by default, and without view prompts there is nothing to be opposite to.
+    assert Run(replace(config, perp_neg=0.0), prior).condition(cameras).perp_neg == ()
+    assert Run(replace(config, view_prompts=False), prior).condition(cameras).perp_neg == ()
+    # The guided prediction changes exactly where a negative weighs.
+    x = torch.randn(4, *prior.input_shape)
+    t = torch.full((4,), 500)
+    plain = prior.predict_eps(x, t, replace(condition, perp_neg=()), 3.0)
+    perp = prior.predict_eps(x, t, condition, 3.0)
+    change = (perp - plain).flatten(1).abs().amax(dim=1)
+    assert change[1] < 1e-4 < float(change[[0, 2, 3]].min()), change  # batching: float noise
+
+    out = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.json", "cpu-demo", "a red head", steps=2)
+    code, err = run_cli(
+        ["generate", "--config", str(cfg), "--perp-neg", "2", "--out", str(out), "-q"], capsys
+    )
+    assert code == 0, err
+    assert load_config(out / "config.json").perp_neg == 2.0
+    code, err = run_cli(["generate", "x", "--perp-neg", "-1", "--out", str(tmp_path / "b")], capsys)
+    assert code == 2 and "perp_neg must be >= 0" in err

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -99,9 +100,10 @@ def test_perp_neg_without_and_with_negatives(eps_folder):
     t = torch.tensor([500])
     cond = prior.condition("a dog, front view")
     plain = prior.predict_eps(x, t, cond, 5.0)
-    assert torch.allclose(prior.predict_eps_perp_neg(x, t, cond, [], 5.0), plain, atol=1e-5)
     back = prior.embed(["a dog, back view"])
-    perp = prior.predict_eps_perp_neg(x, t, cond, [(back, 1.0)], 5.0)
+    off = replace(cond, perp_neg=((back, torch.zeros(1)),))
+    assert torch.allclose(prior.predict_eps(x, t, off, 5.0), plain, atol=1e-5)
+    perp = prior.predict_eps(x, t, replace(cond, perp_neg=((back, torch.ones(1)),)), 5.0)
     # The correction is orthogonal to the positive direction.
     e_u = prior.eps(x, t, cond.uncond)
     d_pos = (prior.eps(x, t, cond.cond) - e_u).flatten()

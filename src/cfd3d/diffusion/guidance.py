@@ -20,14 +20,15 @@ def perp_neg_guidance(
     eps_pos: torch.Tensor,
     eps_uncond: torch.Tensor,
     eps_negs: list[torch.Tensor],
-    weights: list[float],
+    weights: list[float | torch.Tensor],
     scale: float,
 ) -> torch.Tensor:
     """Perp-Neg (Armandpour et al. 2023, "Re-imagine the Negative Prompt Algorithm").
 
     ``eps_uncond + scale * (d_pos - sum_i w_i perp(d_neg_i, d_pos))`` with
     ``d = eps - eps_uncond`` and ``perp(a, b)`` the part of ``a`` orthogonal to ``b``, per
-    sample. With no negatives it is :func:`classifier_free_guidance`.
+    sample. Each weight is a number or a ``(B,)`` tensor (one weight per sample, e.g. from
+    the camera's azimuth). With no negatives it is :func:`classifier_free_guidance`.
     """
     d_pos = eps_pos - eps_uncond
     flat_pos = d_pos.flatten(1)
@@ -37,5 +38,6 @@ def perp_neg_guidance(
         d_neg = (eps_neg - eps_uncond).flatten(1)
         coeff = (d_neg * flat_pos).sum(1) / denom
         perp = d_neg - coeff[:, None] * flat_pos
-        total = total - weight * perp.view_as(d_pos)
+        w = torch.as_tensor(weight, dtype=d_pos.dtype, device=d_pos.device).reshape(-1, 1)
+        total = total - (w * perp).view_as(d_pos)
     return eps_uncond + scale * total

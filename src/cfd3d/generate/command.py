@@ -134,6 +134,7 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
         "seed": args.seed,
         "guidance_scale": args.guidance,
         "negative_prompt": args.negative_prompt,
+        "perp_neg": args.perp_neg,
         "device": args.device,
         "low_vram": True if args.low_vram else None,
         "formats": tuple(args.formats.split(",")) if args.formats else None,
@@ -182,6 +183,7 @@ def _resume(args: argparse.Namespace) -> int:
             "seed",
             "guidance",
             "negative_prompt",
+            "perp_neg",
             "formats",
             "config",
         )
@@ -342,6 +344,14 @@ def add_generate_command(subparsers: argparse._SubParsersAction) -> None:
         help=f"classifier-free guidance scale {_by_preset('guidance_scale')}",
     )
     p.add_argument("--negative-prompt", default=None, help="negative prompt for guidance")
+    p.add_argument(
+        "--perp-neg",
+        type=float,
+        default=None,
+        metavar="WEIGHT",
+        help="Perp-Neg against multi-faced (Janus) objects: the opposite view's prompt as a "
+        "negative with this weight (e.g. 2; default 0, off; two more prior calls per view)",
+    )
     p.add_argument(
         "--formats", default=None, help="mesh formats, comma-separated: glb (default), obj, ply"
     )

@@ -49,6 +49,9 @@ class GenerateConfig:
         negative_prompt: replaces the unconditional branch of guidance when not empty.
         view_prompts: append DreamFusion's ", front view" etc. to the prompt per camera.
         view_labels: the angular thresholds of those labels.
+        perp_neg: Perp-Neg weight (Armandpour et al. 2023) of the opposite view's prompt as
+            a negative, against multi-faced (Janus) objects; 0 turns it off. Needs
+            ``view_prompts``; costs two more prior evaluations per view.
         cameras: the random training cameras.
         views_per_step: views rendered and distilled per step.
         render_size: render resolution (square); the prior's noise size must divide it.
@@ -91,6 +94,7 @@ class GenerateConfig:
     negative_prompt: str = ""
     view_prompts: bool = True
     view_labels: ViewLabelConfig = dataclasses.field(default_factory=ViewLabelConfig)
+    perp_neg: float = 0.0
     cameras: CameraSamplerConfig = dataclasses.field(default_factory=CameraSamplerConfig)
     views_per_step: int = 2
     render_size: int = 32
@@ -158,6 +162,8 @@ class GenerateConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value}")
+        if self.perp_neg < 0.0:
+            raise ConfigError(f"perp_neg must be >= 0 (0 turns it off), got {self.perp_neg}")
         if self.guidance_scale < 0.0 or self.lr <= 0.0 or self.lr_mlp <= 0.0:
             raise ConfigError("guidance_scale must be >= 0 and learning rates > 0")
         if min(self.p_albedo, self.p_textureless) < 0.0 or (

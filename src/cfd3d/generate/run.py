@@ -141,7 +141,7 @@ class Run:
         }
 
     def condition(self, cameras: Cameras) -> Condition:
-        """The guided condition of a batch of views (view-dependent prompts)."""
+        """The guided condition of a batch of views (view-dependent prompts, Perp-Neg)."""
         c = self.config
         labels = view_labels(cameras, c.view_labels) if c.view_prompts else [""] * len(cameras)
         parts = [self._conditions[label] for label in labels]
@@ -149,6 +149,23 @@ class Run:
             cond=torch.cat([p.cond for p in parts]),
             uncond=torch.cat([p.uncond for p in parts]),
             prompts=tuple(p.prompts[0] for p in parts),
+            perp_neg=self._perp_neg(cameras),
+        )
+
+    def _perp_neg(self, cameras: Cameras) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        """Perp-Neg negatives against the Janus problem: the "front view" prompt weighs
+        ``perp_neg * max(0, -cos azimuth)`` (full behind the object, nothing from the
+        side), the "back view" prompt ``perp_neg * max(0, cos azimuth)``."""
+        c = self.config
+        if c.perp_neg == 0.0 or not c.view_prompts:
+            return ()
+        cos = torch.cos(torch.deg2rad(cameras.azimuth.to(self.device, torch.float32)))
+        n = len(cameras)
+        front = self._conditions["front"].cond.expand(n, *self._conditions["front"].cond.shape[1:])
+        back = self._conditions["back"].cond.expand(n, *self._conditions["back"].cond.shape[1:])
+        return (
+            (front, c.perp_neg * (-cos).clamp_min(0.0)),
+            (back, c.perp_neg * cos.clamp_min(0.0)),
         )
 
     # --------------------------------------------------------------------------- step

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cfd3d.diffusion.guidance import classifier_free_guidance
+from cfd3d.diffusion.guidance import classifier_free_guidance, perp_neg_guidance
 from cfd3d.diffusion.schedule import NoiseSchedule
 
 
@@ -27,11 +27,14 @@ class Condition:
         uncond: ``(B, ...)`` embeddings of the negative prompt (the empty prompt, i.e. the
             unconditional branch, when no negative prompt is given).
         prompts: the ``B`` prompts, for logging.
+        perp_neg: Perp-Neg negatives, ``(embedding (B, ...), weight (B,))`` pairs; empty
+            for plain classifier-free guidance.
     """
 
     cond: torch.Tensor
     uncond: torch.Tensor
     prompts: tuple[str, ...]
+    perp_neg: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()
 
     def __len__(self) -> int:
         return self.cond.shape[0]
@@ -113,20 +116,24 @@ class Prior(abc.ABC):
         condition: Condition,
         guidance_scale: float,
     ) -> torch.Tensor:
-        """Guided eps prediction (:func:`classifier_free_guidance`), both branches batched.
+        """Guided eps prediction, all branches in one batch.
+
+        :func:`classifier_free_guidance`, or :func:`perp_neg_guidance` when ``condition``
+        carries Perp-Neg negatives.
 
         Args:
             x_t: ``(B, C, h, w)``; t: ``(B,)`` or scalar integer timesteps.
             condition: from :meth:`condition`, batch ``B``.
-            guidance_scale: 1 gives the conditional prediction.
+            guidance_scale: 1 gives the conditional prediction (without negatives).
         """
         t = t.expand(x_t.shape[0]) if t.ndim == 0 else t
-        if guidance_scale == 1.0:
+        if guidance_scale == 1.0 and not condition.perp_neg:
             return self.eps(x_t, t, condition.cond)
-        both = self.eps(
-            torch.cat([x_t, x_t]),
-            torch.cat([t, t]),
-            torch.cat([condition.cond, condition.uncond]),
-        )
-        eps_cond, eps_uncond = both.chunk(2)
-        return classifier_free_guidance(eps_cond, eps_uncond, guidance_scale)
+        embeddings = [condition.cond, condition.uncond, *(e for e, _ in condition.perp_neg)]
+        n = len(embeddings)
+        eps = self.eps(torch.cat([x_t] * n), torch.cat([t] * n), torch.cat(embeddings))
+        eps_cond, eps_uncond, *eps_negs = eps.chunk(n)
+        if not eps_negs:
+            return classifier_free_guidance(eps_cond, eps_uncond, guidance_scale)
+        weights = [w for _, w in condition.perp_neg]
+        return perp_neg_guidance(eps_cond, eps_uncond, eps_negs, weights, guidance_scale)

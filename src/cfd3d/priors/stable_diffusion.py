@@ -26,11 +26,10 @@ from typing import Literal
 
 import torch
 
-from cfd3d.diffusion.guidance import classifier_free_guidance
 from cfd3d.diffusion.parameterization import v_to_eps
 from cfd3d.diffusion.schedule import NoiseSchedule, make_schedule
 from cfd3d.errors import ConfigError, UserError
-from cfd3d.priors.base import Condition, Prior
+from cfd3d.priors.base import Prior
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline",)
@@ -349,30 +348,3 @@ class StableDiffusionPrior(Prior):
             return z
         x = self.vae.decode((z / self.scaling_factor).to(self.device, self.dtype)).sample
         return ((x.float() + 1.0) * 0.5).clamp(0.0, 1.0)
-
-    def predict_eps_perp_neg(
-        self,
-        x_t: torch.Tensor,
-        t: torch.Tensor,
-        condition: Condition,
-        negatives: Sequence[tuple[torch.Tensor, float]],
-        guidance_scale: float,
-    ) -> torch.Tensor:
-        """Perp-Neg guidance (Armandpour et al. 2023) for view-dependent prompting.
-
-        Args:
-            negatives: ``(embedding (B, 77, D), weight)`` pairs, e.g. the "back view" prompt
-                with a weight that grows as the camera nears the front.
-            Others: as in :meth:`Prior.predict_eps`.
-        """
-        from cfd3d.diffusion.guidance import perp_neg_guidance
-
-        t = t.expand(x_t.shape[0]) if t.ndim == 0 else t
-        embeddings = [condition.cond, condition.uncond, *(e for e, _ in negatives)]
-        n = len(embeddings)
-        eps = self.eps(torch.cat([x_t] * n), torch.cat([t] * n), torch.cat(embeddings))
-        eps_pos, eps_uncond, *eps_negs = eps.chunk(n)
-        if not negatives:
-            return classifier_free_guidance(eps_pos, eps_uncond, guidance_scale)
-        weights = [w for _, w in negatives]
-        return perp_neg_guidance(eps_pos, eps_uncond, eps_negs, weights, guidance_scale)

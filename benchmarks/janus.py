@@ -1,0 +1,245 @@
+"""Janus on the toy world: does a distilled head show its face from behind?
+
+The toy world's "head" is a ball with a pale face on its front (+x, azimuth 0). Every run
+distils "a {colour} head" with the ``cpu-demo`` preset (view-dependent prompts on) and is
+rendered in albedo from the evaluation orbit of ``benchmarks/toyworld.py`` (8 views at
+elevation 15°, front first), on white. In each view, ``face`` is the share of the
+object's pixels (opacity > 0.5) whose albedo is nearer the face colour than the head's
+colour and within :data:`FACE_TOLERANCE` of it; the ground-truth head, rendered the same
+way, gives the reference ``face`` per view.
+
+Per configuration (``cfd``, ``cfd+perpneg``, ``sds`` by default; ``+perpneg`` adds Perp-Neg
+with weight ``--perp-neg``):
+
+* ``face_rate``: share of results whose front view shows at least half the ground truth's
+  front face (the prior's face was distilled at all);
+* ``janus_rate``: share of results whose back view (azimuth 180°) shows at least half the
+  ground truth's front face (a face where there is none: the Janus failure);
+* ``face_by_azimuth``: the mean ``face`` per orbit view, next to ``truth_by_azimuth``;
+* ``wall_s``: distillation and evaluation time of its runs.
+
+Usage::
+
+    python benchmarks/janus.py [--seed 0] [--seeds 3] [--colors red blue green]
+        [--configs cfd cfd+perpneg sds] [--perp-neg 2] [--jobs 2] [--quick]
+
+The last line of stdout is one JSON object; progress goes to stderr. Bad arguments are
+one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import multiprocessing
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import torch
+
+from cfd3d.cli import guarded
+from cfd3d.errors import UserError
+from cfd3d.generate.command import load_prior_for
+from cfd3d.generate.config import GenerateConfig, preset_config
+from cfd3d.generate.run import Run
+from cfd3d.priors.base import Prior
+from cfd3d.render import ShadingConfig, SolidBackground
+from cfd3d.scene.toy import COLORS, FACE_RGB, get_scene
+
+FACE_TOLERANCE = 0.2
+"""Largest RGB distance from :data:`FACE_RGB` of a pixel counted as face."""
+BACK_VIEW = 4
+"""Index of azimuth 180° in the 8-view orbit."""
+
+
+def toyworld() -> ModuleType:
+    """``benchmarks/toyworld.py``, whose run loop and evaluation orbit this reuses."""
+    name = "_janus_toyworld"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, Path(__file__).resolve().with_name("toyworld.py")
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@dataclass(frozen=True)
+class Job:
+    config: GenerateConfig
+    label: str
+    color: str
+
+
+def face_by_view(albedo: torch.Tensor, opacity: torch.Tensor, color: str) -> list[float]:
+    """Share of face pixels among the object's pixels, per view of ``(V, S, S, 3)`` albedo
+    renders on white with ``(V, S, S)`` opacity."""
+    a = opacity[..., None].clamp_min(1e-6)
+    rgb = (albedo - (1.0 - opacity[..., None])) / a  # un-premultiply (white background)
+    face, body = torch.tensor(FACE_RGB), torch.tensor(COLORS[color])
+    to_face = (rgb - face).norm(dim=-1)
+    is_face = (to_face < FACE_TOLERANCE) & (to_face < (rgb - body).norm(dim=-1))
+    mask = opacity > 0.5
+    counts = mask.flatten(1).sum(1).clamp_min(1)
+    return ((is_face & mask).flatten(1).sum(1) / counts).tolist()
+
+
+@torch.no_grad()
+def look(run: Run, field: torch.nn.Module, color: str) -> list[float]:
+    cameras, _ = toyworld().evaluation_cameras()
+    size = toyworld().EVAL_SIZE
+    out = run.renderer(
+        field,
+        cameras.to(run.device),
+        size,
+        size,
+        shading=ShadingConfig(mode="albedo"),
+        background=SolidBackground(),
+    )
+    return face_by_view(out.rgb.clamp(0, 1).cpu(), out.opacity[..., 0].cpu(), color)
+
+
+_PRIOR: list[Prior] = []
+
+
+def start_worker(base: GenerateConfig, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _PRIOR[:] = [load_prior_for(base)]
+
+
+def run_job(job: Job) -> dict:
+    tic = time.perf_counter()
+    run = Run(job.config, _PRIOR[0])
+    while run.step < job.config.steps:
+        run.take_step()
+    run.field.eval()
+    faces = look(run, run.field, job.color)
+    return {
+        "label": job.label,
+        "color": job.color,
+        "seed": job.config.seed,
+        "face": faces,
+        "seconds": time.perf_counter() - tic,
+    }
+
+
+def configure(base: GenerateConfig, label: str, perp_neg: float) -> GenerateConfig:
+    method, _, extra = label.partition("+")
+    if method not in ("cfd", "sds", "fsd") or extra not in ("", "perpneg"):
+        raise UserError(f"unknown configuration {label!r}; use METHOD or METHOD+perpneg")
+    config = replace(base, method=method, noise=None, timesteps=None, weighting=None)
+    return replace(config, perp_neg=perp_neg if extra else 0.0)
+
+
+def run(args: argparse.Namespace) -> int:
+    for flag in ("seeds", "jobs", "threads"):
+        if getattr(args, flag) <= 0:
+            raise UserError(f"--{flag} must be positive, got {getattr(args, flag)}")
+    if args.perp_neg <= 0:
+        raise UserError(f"--perp-neg must be positive, got {args.perp_neg}")
+    for color in args.colors:
+        if color not in COLORS:
+            raise UserError(f"unknown colour {color!r}; valid: {', '.join(COLORS)}")
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    colors = args.colors[:1] if args.quick else args.colors
+    seeds = [args.seed + i for i in range(1 if args.quick else args.seeds)]
+    base = preset_config("cpu-demo", "a red head")
+    if args.quick:
+        base = replace(base, steps=3)
+    elif args.steps is not None:
+        base = replace(base, steps=args.steps)
+    jobs = [
+        Job(
+            replace(configure(base, label, args.perp_neg), prompt=f"a {c} head", seed=s).resolved(),
+            label,
+            c,
+        )
+        for label in args.configs
+        for c in colors
+        for s in seeds
+    ]
+    prior = load_prior_for(base)
+    truth_run = Run(base.resolved(), prior)
+    truth = {c: look(truth_run, get_scene(f"{c}_head"), c) for c in colors}
+
+    results = []
+    if args.jobs == 1:
+        _PRIOR[:] = [prior]
+        for i, job in enumerate(jobs, 1):
+            results.append(run_job(job))
+            print(
+                f"[{i}/{len(jobs)}] {job.label} {job.color} seed {job.config.seed}", file=sys.stderr
+            )
+    else:
+        with ProcessPoolExecutor(
+            args.jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=start_worker,
+            initargs=(base, args.threads),
+        ) as pool:
+            for i, result in enumerate(pool.map(run_job, jobs), 1):
+                results.append(result)
+                print(f"[{i}/{len(jobs)}] {result['label']} {result['color']}", file=sys.stderr)
+
+    out: dict = {}
+    for label in args.configs:
+        mine = [r for r in results if r["label"] == label]
+        front_ok = [r["face"][0] >= 0.5 * truth[r["color"]][0] for r in mine]
+        janus = [r["face"][BACK_VIEW] >= 0.5 * truth[r["color"]][0] for r in mine]
+        out[label] = {
+            "face_rate": round(float(np.mean(front_ok)), 4),
+            "janus_rate": round(float(np.mean(janus)), 4),
+            "face_by_azimuth": [round(float(v), 4) for v in np.mean([r["face"] for r in mine], 0)],
+            "wall_s": round(sum(r["seconds"] for r in mine), 1),
+            "runs": len(mine),
+        }
+    out["truth_by_azimuth"] = [
+        round(float(v), 4) for v in np.mean([truth[c] for c in colors], axis=0)
+    ]
+    out["config"] = {
+        "seed": args.seed,
+        "seeds": len(seeds),
+        "colors": colors,
+        "steps": base.steps,
+        "guidance_scale": base.guidance_scale,
+        "perp_neg": args.perp_neg,
+        "jobs": args.jobs,
+        "threads": args.threads,
+        "quick": args.quick,
+    }
+    out["wall_s"] = round(time.perf_counter() - start, 1)
+    print(json.dumps(out))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=0, help="the first seed")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per colour")
+    parser.add_argument("--colors", nargs="+", default=["red", "blue", "green"])
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=["cfd", "cfd+perpneg", "sds"],
+        help="METHOD or METHOD+perpneg",
+    )
+    parser.add_argument("--perp-neg", type=float, default=2.0, help="Perp-Neg weight")
+    parser.add_argument("--steps", type=int, default=None, help="steps (default: the preset's)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of seconds")
+    args = parser.parse_args(argv)
+    return guarded(lambda: run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

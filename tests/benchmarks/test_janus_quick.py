@@ -1,0 +1,53 @@
+"""benchmarks/janus.py: its face measure, the ground truth it compares to, a quick run."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "janus.py"
+_spec = importlib.util.spec_from_file_location("janus_benchmark", SCRIPT)
+bench = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = bench
+_spec.loader.exec_module(bench)
+
+
+def test_face_share_counts_face_coloured_object_pixels_only():
+    face, red = torch.tensor(bench.FACE_RGB), torch.tensor(bench.COLORS["red"])
+    albedo = torch.ones(2, 4, 4, 3)  # white background
+    opacity = torch.zeros(2, 4, 4)
+    opacity[:, :2] = 1.0  # 8 object pixels per view
+    albedo[0, :2] = red
+    albedo[0, 0, :2] = face  # view 0: 2 of its 8 object pixels show the face
+    albedo[1, :2] = red  # view 1: no face
+    assert bench.face_by_view(albedo, opacity, "red") == pytest.approx([0.25, 0.0])
+
+
+def test_quick_run_reports_each_configuration_against_the_truth(capsys):
+    assert bench.main(["--quick"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    truth = result["truth_by_azimuth"]
+    assert len(truth) == 8 and truth[0] > 0.5 and truth[bench.BACK_VIEW] == 0.0
+    assert truth[1] == pytest.approx(truth[7], abs=0.02)  # the face is symmetric
+    for label in ("cfd", "cfd+perpneg", "sds"):
+        r = result[label]
+        assert 0.0 <= r["face_rate"] <= 1.0 and 0.0 <= r["janus_rate"] <= 1.0
+        assert len(r["face_by_azimuth"]) == 8 and r["runs"] == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--configs", "dds"], "unknown configuration"),
+        (["--colors", "plaid"], "unknown colour"),
+        (["--seeds", "0"], "--seeds must be positive"),
+        (["--perp-neg", "0"], "--perp-neg must be positive"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(capsys, extra, message):
+    assert bench.main(["--quick", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
