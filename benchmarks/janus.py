@@ -49,7 +49,6 @@ from cfd3d.generate.command import load_prior_for
 from cfd3d.generate.config import GenerateConfig, preset_config
 from cfd3d.generate.run import Run
 from cfd3d.priors.base import Prior
-from cfd3d.render import ShadingConfig, SolidBackground
 from cfd3d.scene.toy import COLORS, FACE_RGB, get_scene
 
 FACE_TOLERANCE = 0.2
@@ -92,19 +91,10 @@ def face_by_view(albedo: torch.Tensor, opacity: torch.Tensor, color: str) -> lis
     return ((is_face & mask).flatten(1).sum(1) / counts).tolist()
 
 
-@torch.no_grad()
-def look(run: Run, field: torch.nn.Module, color: str) -> list[float]:
-    cameras, _ = toyworld().evaluation_cameras()
-    size = toyworld().EVAL_SIZE
-    out = run.renderer(
-        field,
-        cameras.to(run.device),
-        size,
-        size,
-        shading=ShadingConfig(mode="albedo"),
-        background=SolidBackground(),
-    )
-    return face_by_view(out.rgb.clamp(0, 1).cpu(), out.opacity[..., 0].cpu(), color)
+def faces(run: Run, field: torch.nn.Module, color: str) -> list[float]:
+    """:func:`face_by_view` of ``field`` seen from toyworld's evaluation orbit."""
+    views = toyworld().look(run, field, toyworld().EVAL_SIZE)
+    return face_by_view(views.albedo, views.opacity, color)
 
 
 _PRIOR: list[Prior] = []
@@ -116,27 +106,23 @@ def start_worker(base: GenerateConfig, threads: int) -> None:
 
 
 def run_job(job: Job) -> dict:
-    tic = time.perf_counter()
-    run = Run(job.config, _PRIOR[0])
-    while run.step < job.config.steps:
-        run.take_step()
-    run.field.eval()
-    faces = look(run, run.field, job.color)
+    tw = toyworld()
+    _, views, timing = tw.distil(job.config, _PRIOR[0], tw.EVAL_SIZE)
     return {
         "label": job.label,
         "color": job.color,
         "seed": job.config.seed,
-        "face": faces,
-        "seconds": time.perf_counter() - tic,
+        "face": face_by_view(views.albedo, views.opacity, job.color),
+        "seconds": timing["distill_s"] + timing["eval_s"],
     }
 
 
-def configure(base: GenerateConfig, label: str, perp_neg: float) -> GenerateConfig:
+def parse_label(label: str) -> tuple[str, bool]:
+    """``"cfd+perpneg"`` -> ``("cfd", True)``."""
     method, _, extra = label.partition("+")
     if method not in ("cfd", "sds", "fsd") or extra not in ("", "perpneg"):
         raise UserError(f"unknown configuration {label!r}; use METHOD or METHOD+perpneg")
-    config = replace(base, method=method, noise=None, timesteps=None, weighting=None)
-    return replace(config, perp_neg=perp_neg if extra else 0.0)
+    return method, bool(extra)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -157,19 +143,20 @@ def run(args: argparse.Namespace) -> int:
         base = replace(base, steps=3)
     elif args.steps is not None:
         base = replace(base, steps=args.steps)
-    jobs = [
-        Job(
-            replace(configure(base, label, args.perp_neg), prompt=f"a {c} head", seed=s).resolved(),
-            label,
-            c,
-        )
-        for label in args.configs
-        for c in colors
-        for s in seeds
-    ]
+    jobs = []
+    for label in args.configs:
+        method, perp_neg = parse_label(label)
+        for c in colors:
+            prompted = replace(
+                base, prompt=f"a {c} head", perp_neg=args.perp_neg if perp_neg else 0.0
+            )
+            jobs += [
+                Job(toyworld().method_config(prompted, method, s, base.steps), label, c)
+                for s in seeds
+            ]
     prior = load_prior_for(base)
     truth_run = Run(base.resolved(), prior)
-    truth = {c: look(truth_run, get_scene(f"{c}_head"), c) for c in colors}
+    truth = {c: faces(truth_run, get_scene(f"{c}_head"), c) for c in colors}
 
     results = []
     if args.jobs == 1:

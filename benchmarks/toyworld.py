@@ -324,7 +324,7 @@ def mesh_iou(run: Run, prompt: Prompt) -> float:
     mesh, _ = run_mesh(run)
     if mesh is None:
         return 0.0
-    bound = run.config.voxel.bound if run.config.field == "voxel" else run.config.nerf.bound
+    bound = run.config.field_bound
     truth = get_scene(f"{prompt.color}_{prompt.shape}").occupancy(MESH_IOU_RESOLUTION, bound)
     return volumetric_iou(occupancy_grid(mesh, MESH_IOU_RESOLUTION, bound), truth)
 

@@ -51,11 +51,11 @@ def auto_threshold(grid: np.ndarray, level: float = AUTO_LEVEL) -> float:
         ConfigError: if the grid holds no density at all.
     """
     values = np.clip(grid.astype(np.float64), 0.0, None)
-    total = float(values.sum())
-    if not total > 0.0:
-        raise ConfigError("field is empty (no density anywhere); nothing to mesh")
     squares = values * values
-    return level * float((squares * values).sum()) / float(squares.sum())
+    weight = float(squares.sum())
+    if not weight > 0.0:
+        raise ConfigError("field is empty (no density anywhere); nothing to mesh")
+    return level * float((squares * values).sum()) / weight
 
 
 def cell_centres(resolution: int, bound: float) -> np.ndarray:

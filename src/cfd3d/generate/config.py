@@ -179,6 +179,11 @@ class GenerateConfig:
         for fmt in self.formats:
             check_format(fmt)
 
+    @property
+    def field_bound(self) -> float:
+        """Half-size of the box the field (voxel grid or NeRF) lives in."""
+        return self.voxel.bound if self.field == "voxel" else self.nerf.bound
+
     def resolved(self) -> GenerateConfig:
         """This config with the method's defaults filled in (what ``config.json`` holds)."""
         method = METHODS[self.method]

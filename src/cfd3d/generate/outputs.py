@@ -47,7 +47,6 @@ def run_mesh(run: Run) -> tuple[trimesh.Trimesh | None, dict[str, str]]:
     ``{"mesh_error": why}`` when the field has no surface."""
     c = run.config
     field = run.field
-    bound = c.voxel.bound if c.field == "voxel" else c.nerf.bound
     # An explicit level may be above a young field's density (a short run): fall back to
     # lower levels, and say so in the summary, rather than leave the run without a mesh.
     t = c.mesh_threshold
@@ -58,7 +57,7 @@ def run_mesh(run: Run) -> tuple[trimesh.Trimesh | None, dict[str, str]]:
                 field.density,  # type: ignore[attr-defined]
                 lambda p: field(p).albedo,
                 resolution=c.mesh_resolution,
-                bound=bound,
+                bound=c.field_bound,
                 threshold=threshold,
                 min_component_fraction=0.01,
             )

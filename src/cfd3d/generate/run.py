@@ -93,7 +93,7 @@ class Run:
         self.background = self._make_background()
         self.renderer = VolumeRenderer(
             RendererConfig(
-                bound=config.voxel.bound if config.field == "voxel" else config.nerf.bound,
+                bound=config.field_bound,
                 n_samples=config.n_samples,
                 n_importance=config.n_importance,
                 shading=config.shading,
@@ -160,13 +160,12 @@ class Run:
         if c.perp_neg == 0.0 or not c.view_prompts:
             return ()
         cos = torch.cos(torch.deg2rad(cameras.azimuth.to(self.device, torch.float32)))
-        n = len(cameras)
-        front = self._conditions["front"].cond.expand(n, *self._conditions["front"].cond.shape[1:])
-        back = self._conditions["back"].cond.expand(n, *self._conditions["back"].cond.shape[1:])
-        return (
-            (front, c.perp_neg * (-cos).clamp_min(0.0)),
-            (back, c.perp_neg * cos.clamp_min(0.0)),
-        )
+
+        def negative(label: str, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            cond = self._conditions[label].cond
+            return cond.expand(len(cameras), *cond.shape[1:]), c.perp_neg * weight.clamp_min(0.0)
+
+        return (negative("front", -cos), negative("back", cos))
 
     # --------------------------------------------------------------------------- step
 

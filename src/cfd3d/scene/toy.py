@@ -29,6 +29,7 @@ import torch.nn.functional as F
 import trimesh
 
 from cfd3d.errors import ConfigError
+from cfd3d.export.mesh import cell_centres
 from cfd3d.scene.fields import FieldOutput, density_gradient
 
 ShapeName = Literal["sphere", "cube", "cylinder", "cone", "torus", "capsule", "head"]
@@ -425,8 +426,7 @@ class ToyScene:
     def occupancy(self, resolution: int, bound: float) -> np.ndarray:
         """``(res, res, res)`` bool :meth:`contains` at the cell centres of the grid of
         :mod:`cfd3d.export.mesh` (``resolution`` cells over ``[-bound, bound]``, x first)."""
-        h = 2.0 * bound / resolution
-        axis = -bound + (torch.arange(resolution, dtype=torch.float64) + 0.5) * h
+        axis = torch.as_tensor(cell_centres(resolution, bound))
         points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
         inside = self.contains(points.reshape(-1, 3))
         return inside.reshape((resolution,) * 3).numpy()
