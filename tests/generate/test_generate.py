@@ -251,9 +251,9 @@ def test_non_finite_gradients_are_skipped_then_stop_the_run(tmp_path, capsys, mo
     original = EmbeddedPrior.eps
     calls = {"n": 0}
 
-    def flaky(self, x_t, t, embedding):
+    def flaky(self, x_t, t, embedding, cameras=None):
         calls["n"] += 1
-        eps = original(self, x_t, t, embedding)
+        eps = original(self, x_t, t, embedding, cameras)
         return eps * float("nan") if calls["n"] > 4 else eps
 
     monkeypatch.setattr(EmbeddedPrior, "eps", flaky)

@@ -150,6 +150,7 @@ class Run:
             uncond=torch.cat([p.uncond for p in parts]),
             prompts=tuple(p.prompts[0] for p in parts),
             perp_neg=self._perp_neg(cameras),
+            cameras=cameras.c2w.to(self.device),
         )
 
     def _perp_neg(self, cameras: Cameras) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:

@@ -29,12 +29,16 @@ class Condition:
         prompts: the ``B`` prompts, for logging.
         perp_neg: Perp-Neg negatives, ``(embedding (B, ...), weight (B,))`` pairs; empty
             for plain classifier-free guidance.
+        cameras: ``(B, 4, 4)`` camera-to-world matrices of the views in cfd3d's convention
+            (:mod:`cfd3d.scene.cameras`), for camera-conditioned priors (MVDream); ``None``
+            for priors that ignore the camera.
     """
 
     cond: torch.Tensor
     uncond: torch.Tensor
     prompts: tuple[str, ...]
     perp_neg: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()
+    cameras: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.cond.shape[0]
@@ -65,13 +69,21 @@ class Prior(abc.ABC):
         """
 
     @abc.abstractmethod
-    def eps(self, x_t: torch.Tensor, t: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+    def eps(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        embedding: torch.Tensor,
+        cameras: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Raw eps prediction.
 
         Args:
             x_t: ``(B, C, h, w)`` noisy input.
             t: ``(B,)`` integer timesteps.
             embedding: ``(B, ...)`` from :meth:`embed`.
+            cameras: ``(B, 4, 4)`` camera-to-world matrices (cfd3d's convention) for
+                camera-conditioned priors; other priors ignore them.
 
         Returns:
             ``(B, C, h, w)`` predicted noise (v-prediction models convert to eps).
@@ -80,8 +92,12 @@ class Prior(abc.ABC):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Map ``(B, 3, H, W)`` images in [0, 1] to the model input space (differentiable).
 
-        Pixel priors use ``2 x - 1``; latent priors override this with their VAE encoder.
+        Pixel priors use ``2 x - 1`` after an area resize (anti-aliased supersampling) to
+        :attr:`image_size` when the render is larger; latent priors override this with their
+        VAE encoder.
         """
+        if tuple(images.shape[-2:]) != tuple(self.image_size):
+            images = torch.nn.functional.interpolate(images, size=self.image_size, mode="area")
         return images * 2.0 - 1.0
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -127,11 +143,17 @@ class Prior(abc.ABC):
             guidance_scale: 1 gives the conditional prediction (without negatives).
         """
         t = t.expand(x_t.shape[0]) if t.ndim == 0 else t
+        cameras = condition.cameras
         if guidance_scale == 1.0 and not condition.perp_neg:
-            return self.eps(x_t, t, condition.cond)
+            return self.eps(x_t, t, condition.cond, cameras)
         embeddings = [condition.cond, condition.uncond, *(e for e, _ in condition.perp_neg)]
         n = len(embeddings)
-        eps = self.eps(torch.cat([x_t] * n), torch.cat([t] * n), torch.cat(embeddings))
+        eps = self.eps(
+            torch.cat([x_t] * n),
+            torch.cat([t] * n),
+            torch.cat(embeddings),
+            None if cameras is None else torch.cat([cameras] * n),
+        )
         eps_cond, eps_uncond, *eps_negs = eps.chunk(n)
         if not eps_negs:
             return classifier_free_guidance(eps_cond, eps_uncond, guidance_scale)

@@ -84,7 +84,13 @@ class GaussianMixturePrior(Prior):
             )
         return torch.stack([self.weights[p].log() for p in prompts])
 
-    def eps(self, x_t: torch.Tensor, t: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+    def eps(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        embedding: torch.Tensor,
+        cameras: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         alpha, sigma = self.schedule.alpha_sigma(t.to(x_t.device))
         alpha = alpha.to(x_t.dtype)[:, None]
         sigma = sigma.to(x_t.dtype)[:, None]

@@ -307,7 +307,13 @@ class StableDiffusionPrior(Prior):
         )
         return self.text_encoder(tokens.input_ids.to(self.device))[0]
 
-    def eps(self, x_t: torch.Tensor, t: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+    def eps(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        embedding: torch.Tensor,
+        cameras: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         out = self.unet(
             x_t.to(self.device, self.dtype),
             t.to(self.device),

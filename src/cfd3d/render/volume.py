@@ -23,10 +23,11 @@ from cfd3d.render.rays import (
     interval_edges,
     stratified_samples,
 )
-from cfd3d.render.shading import SHADING_MODES, ShadingConfig, ShadingMode, light_positions, shade
+from cfd3d.render.samples import shade_samples
+from cfd3d.render.shading import SHADING_MODES, ShadingConfig, ShadingMode, light_positions
 from cfd3d.render.types import RenderOutput
 from cfd3d.scene.cameras import Cameras
-from cfd3d.scene.fields import NORMAL_METHODS, Field, NormalMethod, field_normals
+from cfd3d.scene.fields import NORMAL_METHODS, Field, NormalMethod
 
 
 @dataclass(frozen=True)
@@ -235,36 +236,33 @@ class VolumeRenderer:
         cfg = self.config
         n_rays = origins.shape[0]
         t = stratified_samples(near, far, cfg.n_samples, generator)
-        points = origins[:, None, :] + t[..., None] * directions[:, None, :]
-        out = field(points.reshape(-1, 3))
-        density = out.density.view(n_rays, -1)
-        albedo = out.albedo.view(n_rays, -1, 3)
         if cfg.n_importance > 0:
+            coarse = origins[:, None, :] + t[..., None] * directions[:, None, :]
+            with torch.no_grad():
+                density = field(coarse.reshape(-1, 3)).density.view(n_rays, -1)
             edges = interval_edges(t, near, far)
-            weights = compositing_weights(density.detach(), edges.diff(dim=-1))
+            weights = compositing_weights(density, edges.diff(dim=-1))
             t_fine = importance_samples(edges, weights, cfg.n_importance, generator)
-            fine_points = origins[:, None, :] + t_fine[..., None] * directions[:, None, :]
-            fine = field(fine_points.reshape(-1, 3))
-            t, order = torch.cat([t, t_fine], dim=-1).sort(dim=-1)
-            points = torch.cat([points, fine_points], dim=1).gather(
-                1, order[..., None].expand(-1, -1, 3)
-            )
-            density = torch.cat([density, fine.density.view(n_rays, -1)], dim=-1).gather(1, order)
-            albedo = torch.cat([albedo, fine.albedo.view(n_rays, -1, 3)], dim=1).gather(
-                1, order[..., None].expand(-1, -1, 3)
-            )
-        flat_points = points.reshape(-1, 3)
-        normals = None
-        if want_normals:
-            normals = field_normals(field, flat_points, cfg.normal_method, cfg.normal_eps)
+            t = torch.cat([t, t_fine], dim=-1).sort(dim=-1).values
+        points = origins[:, None, :] + t[..., None] * directions[:, None, :]
         n_per_ray = t.shape[1]
         sample_lights = lights[:, None, :].expand(n_rays, n_per_ray, 3).reshape(-1, 3)
-        color = shade(shading, albedo.reshape(-1, 3), flat_points, normals, sample_lights)
-        weights = compositing_weights(density, interval_edges(t, near, far).diff(dim=-1))
+        samples = shade_samples(
+            field,
+            points.reshape(-1, 3),
+            sample_lights,
+            shading,
+            want_normals,
+            cfg.normal_method,
+            cfg.normal_eps,
+        )
+        weights = compositing_weights(
+            samples.density.view(n_rays, n_per_ray), interval_edges(t, near, far).diff(dim=-1)
+        )
         return composite(
             weights,
             t,
-            color.view(n_rays, n_per_ray, 3),
-            None if normals is None else normals.view(n_rays, n_per_ray, 3),
+            samples.color.view(n_rays, n_per_ray, 3),
+            None if samples.normal is None else samples.normal.view(n_rays, n_per_ray, 3),
             cfg.opacity_eps,
         )

@@ -57,6 +57,12 @@ class EmbeddedPrior(Prior):
         return self.tokenizer.encode(prompts).to(self.device)
 
     @torch.no_grad()
-    def eps(self, x_t: torch.Tensor, t: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+    def eps(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        embedding: torch.Tensor,
+        cameras: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         out = self.model(x_t.to(self.device, torch.float32), t.to(self.device), embedding)
         return out.to(x_t.dtype)
