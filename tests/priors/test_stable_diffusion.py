@@ -23,6 +23,13 @@ from cfd3d.priors.stable_diffusion import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _no_configured_model(monkeypatch):
+    """Tests name their model; none comes from the environment or the network."""
+    monkeypatch.delenv("CFD3D_SD_MODEL", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     """Tiny eps- and v-prediction pipelines with the same (seeded) weights."""
@@ -156,7 +163,7 @@ def test_playground_runs_on_a_diffusers_folder(eps_folder, tmp_path):
 
 
 def test_missing_folder(tmp_path):
-    with pytest.raises(UserError, match=r"folder .* not found"):
+    with pytest.raises(UserError, match=r"tried: .*nope \(no such folder or file\)"):
         load_prior(str(tmp_path / "nope"))
 
 

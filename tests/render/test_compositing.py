@@ -2,7 +2,13 @@ import math
 
 import torch
 
-from cfd3d.render.compositing import composite, compositing_weights
+from cfd3d.render.compositing import (
+    composite,
+    composite_packed,
+    compositing_weights,
+    packed_columns,
+    packed_compositing_weights,
+)
 
 
 def test_compositing_weights_gradcheck():
@@ -70,3 +76,68 @@ def test_depth_is_conditional_and_empty_rays_are_zero():
     torch.testing.assert_close(out.depth[1], torch.tensor([0.0]))
     torch.testing.assert_close(out.normal[0], torch.tensor([0.0, 0.0, 1.0]))
     torch.testing.assert_close(out.normal[1], torch.zeros(3))
+
+
+def _ragged(seed: int):
+    """Five rays of up to 6 samples; a random subset kept (ray 2 keeps none), in float64."""
+    gen = torch.Generator().manual_seed(seed)
+    density = torch.rand(5, 6, generator=gen, dtype=torch.float64) * 6.0
+    deltas = torch.rand(5, 6, generator=gen, dtype=torch.float64) * 0.3 + 0.05
+    t = torch.cumsum(deltas, dim=-1)
+    color = torch.rand(5, 6, 3, generator=gen, dtype=torch.float64)
+    normals = torch.nn.functional.normalize(
+        torch.randn(5, 6, 3, generator=gen, dtype=torch.float64), dim=-1
+    )
+    keep = torch.rand(5, 6, generator=gen) < 0.6
+    keep[2] = False
+    return density, deltas, t, color, normals, keep
+
+
+def test_packed_columns():
+    ray_index = torch.tensor([0, 0, 0, 2, 4, 4])
+    column, width = packed_columns(ray_index, 6)
+    assert column.tolist() == [0, 1, 2, 0, 0, 1] and width == 3
+    column, width = packed_columns(torch.zeros(0, dtype=torch.long), 3)
+    assert column.shape == (0,) and width == 0
+
+
+def test_packed_compositing_equals_dense_with_dropped_samples_zeroed():
+    """Packed samples composite exactly like the dense rows they come from, with the
+    dropped samples' density set to zero; a ray without samples comes out zero."""
+    density, deltas, t, color, normals, keep = _ragged(2)
+    ray_index, _ = keep.nonzero(as_tuple=True)
+    dense = composite(compositing_weights(density * keep, deltas), t, color, normals)
+    weights = packed_compositing_weights(density[keep], deltas[keep], ray_index, density.shape[0])
+    packed = composite_packed(
+        weights, t[keep], color[keep], ray_index, density.shape[0], normals[keep]
+    )
+    for name in ("color", "opacity", "depth", "normal"):
+        torch.testing.assert_close(getattr(packed, name), getattr(dense, name))
+    assert torch.equal(packed.opacity[2], torch.zeros(1, dtype=torch.float64))
+
+
+def test_packed_compositing_gradcheck():
+    density, deltas, t, color, normals, keep = _ragged(3)
+    ray_index, _ = keep.nonzero(as_tuple=True)
+    n_rays = density.shape[0]
+
+    def fn(density, deltas, t, color, normals):
+        weights = packed_compositing_weights(density, deltas, ray_index, n_rays)
+        out = composite_packed(weights, t, color, ray_index, n_rays, normals)
+        return out.color, out.opacity, out.depth, out.normal
+
+    inputs = tuple(x[keep].requires_grad_(True) for x in (density, deltas, t, color, normals))
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+def test_packed_weights_stay_accurate_in_a_long_chunk():
+    """Many opaque rays in one chunk: a cumulative sum over the whole chunk minus per-ray
+    offsets would lose the later rays' transmittance to float32 round-off (measured:
+    weights off by 0.018 here)."""
+    n_rays, n_samples = 4000, 64
+    density = torch.rand(n_rays, n_samples, generator=torch.Generator().manual_seed(0)) * 60.0
+    deltas = torch.full((n_rays, n_samples), 0.03)
+    ray_index = torch.arange(n_rays).repeat_interleave(n_samples)
+    packed = packed_compositing_weights(density.flatten(), deltas.flatten(), ray_index, n_rays)
+    dense = compositing_weights(density, deltas)
+    torch.testing.assert_close(packed.view(n_rays, n_samples), dense)

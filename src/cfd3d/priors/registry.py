@@ -10,6 +10,11 @@ from cfd3d.errors import ConfigError
 from cfd3d.priors.base import Prior
 from cfd3d.priors.gmm import shapes_prior
 
+CONFIGURED_SD = "sd"
+"""Prior name for the configured Stable Diffusion model (``$CFD3D_SD_MODEL``, else the
+default id when it is in the local cache; see
+:func:`cfd3d.priors.stable_diffusion.model_candidates`)."""
+
 
 def _embedded() -> Prior:
     from cfd3d.priors.embedded.prior import EmbeddedPrior
@@ -24,26 +29,53 @@ PRIORS: dict[str, Callable[[], Prior]] = {
 
 
 def is_stable_diffusion(name: str) -> bool:
-    """Whether ``name`` denotes a Stable Diffusion checkpoint (a hub id or a folder)."""
+    """Whether ``name`` denotes a Stable Diffusion (or MVDream) checkpoint: ``"sd"``, a hub
+    id, a folder or a single file."""
+    from cfd3d.priors.ldm import is_single_file
+
+    if name == CONFIGURED_SD or is_single_file(name):
+        return True
     return "/" in name or os.sep in name or Path(name).expanduser().exists()
 
 
+def _load_single_file(path: Path, options: dict) -> Prior | None:
+    """An MVDream prior if the file holds MVDream's camera embedding, else ``None``."""
+    from cfd3d.priors.ldm import checkpoint_keys, is_mvdream, is_single_file
+
+    if not (path.is_file() and is_single_file(path)) or not is_mvdream(checkpoint_keys(path)):
+        return None
+    from cfd3d.priors.mvdream import MVDreamPrior
+
+    return MVDreamPrior.from_single_file(path, **options)
+
+
 def load_prior(name: str, **stable_diffusion_options) -> Prior:
-    """Build the prior called ``name``: a built-in name, or a Stable Diffusion hub id /
-    diffusers folder (keyword options go to
-    :class:`cfd3d.priors.stable_diffusion.StableDiffusionConfig`).
+    """Build the prior called ``name``.
+
+    ``name`` is a built-in name, ``"sd"`` (the configured Stable Diffusion model), a
+    Stable Diffusion hub id / diffusers folder, or a single-file checkpoint
+    (``.safetensors``/``.ckpt``), which is dispatched by its content: one with MVDream's
+    camera embedding (``model.diffusion_model.camera_embed.*``) becomes
+    ``MVDreamPrior.from_single_file(path, **options)``, any other a Stable Diffusion prior.
+    Keyword options go to :class:`cfd3d.priors.stable_diffusion.StableDiffusionConfig`
+    (or to the MVDream loader).
 
     Raises:
         ConfigError: for an unknown name, listing the valid ones.
-        UserError: for a Stable Diffusion model that cannot be loaded.
+        UserError: for a Stable Diffusion model that cannot be found or loaded.
     """
     if name in PRIORS:
         return PRIORS[name]()
     if is_stable_diffusion(name):
         from cfd3d.priors.stable_diffusion import StableDiffusionConfig, StableDiffusionPrior
 
-        return StableDiffusionPrior(StableDiffusionConfig(model=name, **stable_diffusion_options))
+        mvdream = _load_single_file(Path(name).expanduser(), stable_diffusion_options)
+        if mvdream is not None:
+            return mvdream
+        model = None if name == CONFIGURED_SD else name
+        return StableDiffusionPrior(StableDiffusionConfig(model=model, **stable_diffusion_options))
     raise ConfigError(
-        f"unknown prior '{name}'; valid: {', '.join(PRIORS)}, or a Stable Diffusion hub id "
-        "(e.g. stabilityai/stable-diffusion-2-1-base) or diffusers folder"
+        f"unknown prior '{name}'; valid: {', '.join(PRIORS)}, '{CONFIGURED_SD}' (the model in "
+        "$CFD3D_SD_MODEL), or a Stable Diffusion diffusers folder, single .safetensors/.ckpt "
+        "file or hub id"
     )

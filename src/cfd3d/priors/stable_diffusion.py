@@ -1,15 +1,27 @@
 """Stable Diffusion 1.x / 2.x priors through diffusers (the real-model path).
 
 diffusers only loads the weights; the noise math stays in :mod:`cfd3d.diffusion` and the
-update rules. The adapter loads the UNet, VAE, CLIP text encoder, tokenizer and the
-scheduler's noise schedule from a diffusers-format folder or a Hugging Face hub id, and
-implements :class:`cfd3d.priors.base.Prior`:
+update rules. The adapter loads the UNet, VAE, CLIP text encoder, tokenizer and noise
+schedule from a diffusers-format folder, a Hugging Face hub id, or a single-file LDM
+checkpoint (``.safetensors`` / ``.ckpt``, read by :mod:`cfd3d.priors.ldm`), and implements
+:class:`cfd3d.priors.base.Prior`:
 
 * ``embed``: CLIP text embeddings ``(B, 77, D)``;
 * ``eps``: the UNet's prediction, converted from v-prediction for SD 2.x 768-v models;
 * ``encode``: rendered RGB in [0, 1] -> scaled VAE latents, differentiable (the VAE
   encoder's mean, as in DreamFusion-style latent distillation), or the identity when
   distilling directly in latent space.
+
+**Which model.** One function decides, :func:`model_candidates`: the explicit value
+(``--prior`` / config ``prior``), then the environment variable ``CFD3D_SD_MODEL``, then
+:data:`DEFAULT_MODEL` only if it is in the local Hugging Face cache (its publisher withdrew
+it from the hub in November 2025, so it is never downloaded). The first candidate that
+:func:`locate_model` finds on this machine is used; otherwise the first hub id among them is
+downloaded unless ``HF_HUB_OFFLINE`` is set.
+
+**Single files** carry no scheduler: the schedule is Stable Diffusion's (scaled-linear
+betas 0.00085 -> 0.012, 1000 steps) and the prediction type and image size follow
+:func:`single_file_defaults` unless :class:`StableDiffusionConfig` sets them.
 
 Optional dependencies: ``pip install 'cfd3d[sd]'`` (diffusers, transformers, accelerate).
 """
@@ -30,15 +42,33 @@ from cfd3d.diffusion.parameterization import v_to_eps
 from cfd3d.diffusion.schedule import NoiseSchedule, make_schedule
 from cfd3d.errors import ConfigError, UserError
 from cfd3d.priors.base import Prior
+from cfd3d.priors.ldm import SINGLE_FILE_SUFFIXES
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
+"""The documented default; withdrawn from the hub (Nov 2025), used only from the cache."""
+MODEL_ENV = "CFD3D_SD_MODEL"
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline",)
 PRIOR_KINDS_HELP = (
-    "supported priors: 'embedded' (built in), or a Stable Diffusion 1.x/2.x checkpoint in "
-    "diffusers format (hub id such as stabilityai/stable-diffusion-2-1-base, or a local folder)"
+    "supported priors: 'embedded' (built in), or a Stable Diffusion 1.x/2.x checkpoint: a "
+    "diffusers folder, a single .safetensors/.ckpt file, or a hub id"
 )
+HOW_TO_PROVIDE = (
+    "pass --prior with a local diffusers folder (--prior PATH), a single .safetensors/.ckpt "
+    "file or a hub mirror id, or set CFD3D_SD_MODEL to one of them; download hub models "
+    "where the hub is reachable (huggingface-cli download ID) and set HF_HUB_OFFLINE=1 to "
+    "skip network look-ups"
+)
+LDM_SCHEDULER = {
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "num_train_timesteps": 1000,
+}
+"""The noise schedule of every SD 1.x/2.x LDM config (``linear_start``/``linear_end``)."""
 _COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_FILE = re.compile(r"^([A-Za-z0-9][\w.-]*/[\w.-]+)/(.+\.(?:safetensors|ckpt|pt|pth))$")
+_V_NAME = re.compile(r"v[-_]?pred|768[-_]?v\b|[-_]v[-_]")
 _BETA_SCHEDULES = {"scaled_linear": "scaled_linear", "linear": "linear"}
 
 
@@ -47,8 +77,11 @@ class StableDiffusionConfig:
     """How to load and run a Stable Diffusion prior.
 
     Attributes:
-        model: hub id (e.g. ``stabilityai/stable-diffusion-2-1-base``) or local folder in
-            diffusers layout.
+        model: what to load: a local diffusers folder, a single-file LDM checkpoint
+            (``.safetensors``/``.ckpt``), a hub id (``owner/name``, diffusers layout) or a
+            file on the hub (``owner/name/file.safetensors``). ``None``: the configured
+            model (``$CFD3D_SD_MODEL``, else :data:`DEFAULT_MODEL` if cached); see
+            :func:`model_candidates`.
         device: ``"cuda"``, ``"cpu"``, ... (``None``: CUDA when available).
         dtype: weights' precision; ``"auto"`` is float16 on CUDA and float32 on the CPU.
         latent: distil directly in latent space: :meth:`StableDiffusionPrior.encode` takes
@@ -58,9 +91,14 @@ class StableDiffusionConfig:
         cpu_offload: sequential CPU offload of the UNet/VAE/text encoder (needs
             accelerate; lowest memory, much slower).
         revision: hub revision (branch, tag or commit).
+        prediction_type: what the UNet predicts; ``"auto"``: the scheduler config of a
+            diffusers folder, or :func:`single_file_defaults` for a single file (which
+            cannot say).
+        image_size: the model's native image side in pixels; ``None``: the UNet config of
+            a diffusers folder, or :func:`single_file_defaults` for a single file.
     """
 
-    model: str = DEFAULT_MODEL
+    model: str | None = None
     device: str | None = None
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     latent: bool = False
@@ -68,6 +106,8 @@ class StableDiffusionConfig:
     attention_slicing: bool = False
     cpu_offload: bool = False
     revision: str | None = None
+    prediction_type: Literal["auto", "epsilon", "v_prediction"] = "auto"
+    image_size: int | None = None
 
 
 def low_vram(config: StableDiffusionConfig) -> StableDiffusionConfig:
@@ -75,52 +115,164 @@ def low_vram(config: StableDiffusionConfig) -> StableDiffusionConfig:
     return replace(config, dtype="float16", attention_slicing=True, cpu_offload=True)
 
 
-def resolve_model_folder(model: str, revision: str | None = None) -> Path:
-    """A local folder holding the diffusers layout for ``model`` (download if needed).
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
-    Raises:
-        UserError: one actionable line when the folder or hub id cannot be used.
-    """
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return _check_layout(path, model)
-    if path.exists() or not _HUB_ID.match(model):
-        raise UserError(
-            f"Stable Diffusion model folder '{model}' not found; pass an existing folder in "
-            f"diffusers format or a hub id such as {DEFAULT_MODEL}"
-        )
+
+def _cached_snapshot(repo: str, revision: str | None = None) -> Path | None:
+    """The local snapshot folder of a hub model in diffusers layout, without network."""
     try:
         from huggingface_hub import snapshot_download
-    except ImportError as exc:  # pragma: no cover - huggingface_hub comes with diffusers
-        raise ImportError("Stable Diffusion priors need: pip install 'cfd3d[sd]'") from exc
+    except ImportError:
+        return None
     patterns = ["model_index.json", *(f"{c}/*" for c in _COMPONENTS)]
     try:
         folder = snapshot_download(
-            model, revision=revision, allow_patterns=patterns, local_files_only=True
+            repo, revision=revision, allow_patterns=patterns, local_files_only=True
         )
-    except OSError:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-        if offline:
-            raise UserError(
-                f"model '{model}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is "
-                f"set; download it first (huggingface-cli download {model}) or pass a local "
-                "diffusers folder with --prior PATH"
-            ) from None
+    except (OSError, ValueError):  # not cached (LocalEntryNotFoundError), or a bad id
+        return None
+    return Path(folder) if (Path(folder) / "model_index.json").is_file() else None
+
+
+def _cached_file(repo: str, filename: str, revision: str | None = None) -> Path | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    try:
+        found = try_to_load_from_cache(repo, filename, revision=revision)
+    except ValueError:
+        return None
+    return Path(found) if isinstance(found, str) else None
+
+
+def locate_model(spec: str, revision: str | None = None) -> Path | None:
+    """Where ``spec`` is on this machine, never touching the network.
+
+    Args:
+        spec: a local folder or file (returned if it exists; its contents are checked when
+            loading), a hub id ``owner/name`` (its cached snapshot folder, if the local
+            Hugging Face cache holds ``model_index.json``) or a hub file
+            ``owner/name/path/file.safetensors`` (the cached file).
+        revision: hub revision.
+
+    Returns:
+        The folder or file, or ``None`` when it is not on this machine.
+    """
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    if match := _HUB_FILE.match(spec):
+        return _cached_file(match.group(1), match.group(2), revision)
+    if _HUB_ID.match(spec):
+        return _cached_snapshot(spec, revision)
+    return None
+
+
+def model_candidates(explicit: str | None) -> list[str]:
+    """The Stable Diffusion models to try, in order (no duplicates).
+
+    An explicit model (``--prior`` / config ``prior``) is the only candidate: a user who
+    names a model never silently gets another. Without one (or with ``"sd"``, or the
+    withdrawn :data:`DEFAULT_MODEL` that older configs name):
+
+    1. the environment variable ``CFD3D_SD_MODEL``, if set;
+    2. :data:`DEFAULT_MODEL`, only if it is in the local Hugging Face cache (or named).
+
+    Args:
+        explicit: the value the user passed, or ``None``.
+    """
+    if explicit and explicit not in ("sd", DEFAULT_MODEL):
+        return [explicit]
+    candidates = [os.environ.get(MODEL_ENV, "").strip()]
+    if explicit == DEFAULT_MODEL or locate_model(DEFAULT_MODEL) is not None:
+        candidates.append(DEFAULT_MODEL)
+    return list(dict.fromkeys(c for c in candidates if c))
+
+
+def _is_hub_spec(spec: str) -> bool:
+    """Whether ``spec`` reads as a hub id or hub file rather than a local path."""
+    if Path(spec).expanduser().is_absolute() or spec.startswith((".", "~")):
+        return False
+    return bool(_HUB_FILE.match(spec) or _HUB_ID.match(spec))
+
+
+def _describe(spec: str, explicit: str | None) -> str:
+    source = "" if spec in (explicit, DEFAULT_MODEL) else f"${MODEL_ENV}="
+    if not _is_hub_spec(spec):
+        return f"{source}{spec} (no such folder or file)"
+    withdrawn = ", and withdrawn from the hub" if spec == DEFAULT_MODEL else ""
+    return f"{source}{spec} (not in the local Hugging Face cache{withdrawn})"
+
+
+def _download(spec: str, revision: str | None) -> Path:
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    if match := _HUB_FILE.match(spec):
+        return Path(
+            hf_hub_download(match.group(1), match.group(2), revision=revision, etag_timeout=10)
+        )
+    patterns = ["model_index.json", *(f"{c}/*" for c in _COMPONENTS)]
+    return Path(
+        snapshot_download(spec, revision=revision, allow_patterns=patterns, etag_timeout=10)
+    )
+
+
+def resolve_model(model: str | None, revision: str | None = None) -> Path:
+    """The folder or single file to load for ``model`` (see :func:`model_candidates`).
+
+    The first candidate found on this machine wins; if none is, the first hub id among
+    them (never the withdrawn :data:`DEFAULT_MODEL`) is downloaded unless
+    ``HF_HUB_OFFLINE`` is set.
+
+    Raises:
+        UserError: one line naming every candidate tried and how to provide a model.
+    """
+    candidates = model_candidates(model)
+    for spec in candidates:
+        found = locate_model(spec, revision)
+        if found is not None:
+            return found
+    tried = {spec: _describe(spec, model) for spec in candidates}
+    hub = [s for s in candidates if s != DEFAULT_MODEL and _is_hub_spec(s)]
+    if hub and not _offline():
         try:
-            folder = snapshot_download(
-                model, revision=revision, allow_patterns=patterns, etag_timeout=10
-            )
+            return _download(hub[0], revision)
+        except ImportError as exc:  # pragma: no cover - huggingface_hub comes with diffusers
+            raise ImportError("Stable Diffusion priors need: pip install 'cfd3d[sd]'") from exc
         except Exception as exc:  # hub errors vary (network, auth, 404); all mean the same
-            reason = (
-                str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-            )
-            raise UserError(
-                f"could not download Stable Diffusion model '{model}' ({reason}); check the id "
-                f"and your network, run 'huggingface-cli download {model}' where the hub is "
-                "reachable, or pass a local diffusers folder with --prior PATH (set "
-                "HF_HUB_OFFLINE=1 to skip network look-ups)"
-            ) from None
-    return _check_layout(Path(folder), model)
+            text = str(exc).strip()
+            reason = text.splitlines()[0][:160] if text else type(exc).__name__
+            tried[hub[0]] = f"{hub[0]} (download failed: {reason})"
+    listed = "; ".join(tried.values()) or (
+        f"no --prior given, ${MODEL_ENV} unset, {DEFAULT_MODEL} not in the local cache"
+    )
+    offline = "; HF_HUB_OFFLINE is set" if hub and _offline() else ""
+    raise UserError(f"no Stable Diffusion model found (tried: {listed}){offline}; {HOW_TO_PROVIDE}")
+
+
+def single_file_defaults(path: Path, layout: str) -> tuple[str, int]:
+    """Prediction type and image size of a single-file checkpoint that the config leaves open.
+
+    LDM files do not record them, so the file name decides: ``v_prediction`` if the name
+    says so (``v-pred``, ``vpred``, ``768-v``, ``-v-``) or if it is an SD 2.x file
+    (OpenCLIP text encoder) whose name contains ``768`` (``v2-1_768-ema-pruned``,
+    ``768-v-ema``: Stability's 768 models are v-prediction); ``epsilon`` otherwise (all
+    SD 1.x releases, SD 2.x ``512-base``, MVDream). Image size: 768 if the name contains
+    ``768``, else 512.
+
+    Args:
+        path: the checkpoint file.
+        layout: :func:`cfd3d.priors.ldm.text_encoder_layout` of its weights.
+
+    Returns:
+        ``(prediction_type, image_size)``.
+    """
+    name = path.name.lower()
+    big = "768" in name
+    v = bool(_V_NAME.search(name)) or (big and layout == "open_clip")
+    return ("v_prediction" if v else "epsilon"), (768 if big else 512)
 
 
 def _check_layout(folder: Path, model: str) -> Path:
@@ -177,14 +329,76 @@ def _device_and_dtype(config: StableDiffusionConfig) -> tuple[torch.device, torc
     return device, getattr(torch, config.dtype)
 
 
+def _latent_size(image_size: int, vae) -> int:
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    if image_size <= 0 or image_size % scale:
+        raise ConfigError(
+            f"image_size {image_size} must be a positive multiple of the VAE's factor {scale}"
+        )
+    return image_size // scale
+
+
+def _single_file_modules(path: Path, config: StableDiffusionConfig) -> dict:
+    """UNet, VAE, text encoder, tokenizer and schedule of a single-file LDM checkpoint."""
+    from cfd3d.priors import ldm
+
+    if not ldm.is_single_file(path):
+        raise UserError(
+            f"'{path}' is a file but not a checkpoint ({', '.join(SINGLE_FILE_SUFFIXES)}); "
+            f"{PRIOR_KINDS_HELP}"
+        )
+    state = ldm.read_state_dict(path)
+    if ldm.is_mvdream(state):
+        raise UserError(
+            f"'{path}' is an MVDream checkpoint (it has a camera embedding); use it as the "
+            "multi-view prior (--prior-mv), and a Stable Diffusion checkpoint as --prior"
+        )
+    channels = ldm.unet_config_from_ldm(state)["in_channels"]
+    if channels != 4:
+        raise UserError(
+            f"'{path}' has a {channels}-channel UNet (an inpainting or other variant); the "
+            "Stable Diffusion prior needs a text-to-image checkpoint (4 latent channels)"
+        )
+    layout = ldm.text_encoder_layout(state)
+    prediction, image_size = single_file_defaults(path, layout)
+    if config.prediction_type != "auto":
+        prediction = config.prediction_type
+    image_size = config.image_size or image_size
+    schedule = _schedule_from_config({**LDM_SCHEDULER, "prediction_type": prediction})
+    vae = ldm.vae_from_ldm(state, sample_size=image_size)
+    # SD 2.x 768 models need float32 attention scores in float16 (diffusers' config for
+    # stabilityai/stable-diffusion-2-1 sets upcast_attention, the 512-base one does not).
+    unet = ldm.unet_from_ldm(
+        state,
+        sample_size=_latent_size(image_size, vae),
+        upcast_attention=layout == "open_clip" and image_size >= 768,
+    )
+    text_encoder, tokenizer = ldm.text_encoder_from_ldm(state)
+    _, dtype = _device_and_dtype(config)
+    for module in (unet, vae, text_encoder):
+        module.to(dtype=dtype)
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "schedule": schedule,
+    }
+
+
 class StableDiffusionPrior(Prior):
     """A Stable Diffusion 1.x / 2.x checkpoint as a :class:`Prior`.
 
-    ``StableDiffusionPrior(config)`` loads ``config.model``; :meth:`from_modules` wraps
-    modules already in memory.
+    ``StableDiffusionPrior(config)`` loads ``config.model`` (resolved by
+    :func:`resolve_model`; the folder or file used is :attr:`source`); :meth:`from_modules`
+    wraps modules already in memory.
     """
 
+    source: Path | None
+    """The folder or single file the weights came from (``None`` for :meth:`from_modules`)."""
+
     def __init__(self, config: StableDiffusionConfig) -> None:
+        source = resolve_model(config.model, config.revision)  # fast errors: before imports
         try:
             from diffusers import AutoencoderKL, UNet2DConditionModel
             from transformers import CLIPTextModel, CLIPTokenizer
@@ -192,16 +406,26 @@ class StableDiffusionPrior(Prior):
             raise ImportError(
                 "Stable Diffusion priors need diffusers and transformers: pip install 'cfd3d[sd]'"
             ) from exc
-        folder = resolve_model_folder(config.model, config.revision)
+        self.source = source
+        if source.is_file():
+            self._assemble(config, **_single_file_modules(source, config))
+            return
+        folder = _check_layout(source, str(source))
         _, dtype = _device_and_dtype(config)
         scheduler_config = json.loads(
             next((folder / "scheduler").glob("scheduler_config.json")).read_text()
         )
+        if config.prediction_type != "auto":
+            scheduler_config["prediction_type"] = config.prediction_type
         schedule = _schedule_from_config(scheduler_config)  # fail before loading weights
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype)
+        if config.image_size is not None:
+            unet.register_to_config(sample_size=_latent_size(config.image_size, vae))
         self._assemble(
             config,
-            unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype),
-            vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype),
+            unet=unet,
+            vae=vae,
             text_encoder=CLIPTextModel.from_pretrained(
                 folder, subfolder="text_encoder", torch_dtype=dtype
             ),
@@ -239,6 +463,7 @@ class StableDiffusionPrior(Prior):
             if module.dtype != dtype:
                 module.to(dtype=dtype)
         prior = cls.__new__(cls)
+        prior.source = None
         prior._assemble(
             config,
             unet=unet,

@@ -7,6 +7,7 @@ from cfd3d.render.background import (
     RandomColorBackground,
     SolidBackground,
 )
+from cfd3d.render.occupancy import OccupancyConfig, OccupancyGrid
 from cfd3d.render.shading import SHADING_MODES, ShadingConfig, ShadingMode
 from cfd3d.render.types import RenderOutput
 from cfd3d.render.volume import RendererConfig, VolumeRenderer
@@ -16,6 +17,8 @@ __all__ = [
     "Background",
     "EnvironmentMap",
     "EnvironmentMapConfig",
+    "OccupancyConfig",
+    "OccupancyGrid",
     "RandomColorBackground",
     "RenderOutput",
     "RendererConfig",

@@ -3,6 +3,9 @@
 The default ranges are the CFD paper's stage-1 recipe (elevation 0-40°, azimuth 0-360°,
 distance 1.3-1.5, fovy 40-65°, always looking at the origin). Angles follow the
 conventions of :mod:`cfd3d.scene.cameras`: azimuth 0 looks at the object's front (+x).
+Multi-view priors (MVDream) take views in groups around one object: with
+``views_per_group = k`` the cameras come in ``k``-view groups that share elevation,
+distance and field of view, with azimuths ``a, a + 360/k, ...`` (MVDream: 4 views 90° apart).
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ class CameraSamplerConfig:
             exceed ``bound`` so that every camera sits outside the scene.
         fovy_deg: ``(min, max)`` vertical field of view in degrees, inside (0, 180).
         bound: radius of the scene's bounding sphere (the renderer's ``bound``).
+        views_per_group: ``k`` views per group (1: independent cameras). With ``k > 1`` each
+            group draws one elevation, distance, field of view and first azimuth ``a`` (from
+            ``azimuth_deg``) and places its views at azimuths ``a + i * 360 / k``,
+            ``i = 0 .. k-1``, consecutively in the batch; 4 for MVDream.
     """
 
     elevation_deg: tuple[float, float] = (0.0, 40.0)
@@ -56,8 +63,13 @@ class CameraSamplerConfig:
     distance: tuple[float, float] = (1.3, 1.5)
     fovy_deg: tuple[float, float] = (40.0, 65.0)
     bound: float = 1.0
+    views_per_group: int = 1
 
     def __post_init__(self) -> None:
+        if isinstance(self.views_per_group, bool) or not isinstance(self.views_per_group, int):
+            raise ConfigError(f"views_per_group must be an integer, got {self.views_per_group!r}")
+        if self.views_per_group < 1:
+            raise ConfigError(f"views_per_group must be at least 1, got {self.views_per_group}")
         if not (math.isfinite(self.bound) and self.bound > 0.0):
             raise ConfigError(f"bound must be a positive number, got {self.bound}")
         _check_range("elevation_deg", self.elevation_deg, -90.0, 90.0, open_=False)
@@ -78,29 +90,38 @@ def sample_cameras(
     *,
     device: torch.device | str | None = None,
 ) -> Cameras:
-    """Draw ``n`` random cameras looking at the origin.
+    """Draw ``n`` random cameras looking at the origin, in groups of
+    ``config.views_per_group`` (see :class:`CameraSamplerConfig`).
 
     Args:
         config: the sampling ranges.
-        n: number of cameras.
+        n: number of cameras, a multiple of ``config.views_per_group``.
         generator: source of randomness (a CPU generator; the global one if ``None``).
         device: where the returned cameras live (default: CPU).
 
     Returns:
-        ``n`` cameras in float32.
+        ``n`` cameras in float32; the views of group ``g`` are ``g*k .. g*k + k-1``.
     """
+    k = config.views_per_group
     if n < 1:
         raise ConfigError(f"the number of cameras must be at least 1, got {n}")
-    u = torch.rand(4, n, generator=generator, dtype=torch.float64)
+    if n % k:
+        raise ConfigError(
+            f"{n} cameras cannot be split into groups of views_per_group={k}; "
+            f"use a multiple of {k} views per step"
+        )
+    u = torch.rand(4, n // k, generator=generator, dtype=torch.float64)
+    u = u.repeat_interleave(k, dim=1)
+    step = (torch.arange(n, dtype=torch.float64) % k) * (360.0 / k)
 
     def lerp(bounds: tuple[float, float], t: torch.Tensor) -> torch.Tensor:
-        return (bounds[0] + (bounds[1] - bounds[0]) * t).float()
+        return bounds[0] + (bounds[1] - bounds[0]) * t
 
     cameras = spherical_cameras(
-        lerp(config.azimuth_deg, u[0]),
-        lerp(config.elevation_deg, u[1]),
-        lerp(config.distance, u[2]),
-        lerp(config.fovy_deg, u[3]),
+        (lerp(config.azimuth_deg, u[0]) + step).float(),
+        lerp(config.elevation_deg, u[1]).float(),
+        lerp(config.distance, u[2]).float(),
+        lerp(config.fovy_deg, u[3]).float(),
     )
     return cameras if device is None else cameras.to(device)
 
