@@ -23,11 +23,15 @@ synchronised around every phase. ``peak_mem_mb`` is ``torch.cuda.max_memory_allo
 on CUDA (weights included) and the process's peak resident set size on the CPU (model
 building included).
 
-Memory: the volume renderer has no empty-space skipping, so backward keeps about 2.4 KB
-per ray sample of the default NeRF in float32: 512² x 64 samples is about 40 GB for the
-render alone (the VAE encoder at 512² adds 1.7 GB in float16, the float16 weights 2.5 GB).
-On smaller GPUs render at ``--resolution 128`` (the reference recipe's first stage,
-resized to 512² for the VAE) or with fewer ``--samples``.
+Memory: by default the step renders as ``cfd3d generate``'s ``sd-stage1`` does, with an
+occupancy grid (empty-space skipping, early ray termination) and deferred
+back-propagation (:mod:`cfd3d.render.deferred`): the render runs without graph, the
+gradient on the image comes back through the VAE encoder, and rays are re-rendered with
+graph ``--chunk-rays`` at a time, so the render's memory no longer grows with the image
+(the VAE encoder at 512² costs 1.7 GB in float16, the float16 weights 2.5 GB). The
+occupancy grid starts all occupied and learns the (random) field's density at step 0,
+so a random NeRF's blob is what is skipped around. ``--dense`` times the one-pass dense
+marcher instead.
 
 ``--small`` runs a reduced version on the CPU: the same topology at about 1/10 of the
 width (8x8x4 latents of 64x64 images, 8.5M-parameter UNet) and a smaller hash grid, in
@@ -67,7 +71,9 @@ from cfd3d.errors import ConfigError, UserError
 from cfd3d.noise import NoiseConfig, make_noise
 from cfd3d.priors.sd_random import Preset, build_random_components
 from cfd3d.priors.stable_diffusion import StableDiffusionConfig, StableDiffusionPrior, low_vram
-from cfd3d.render.shading import SHADING_MODES
+from cfd3d.render.deferred import render_deferred
+from cfd3d.render.occupancy import OccupancyConfig, OccupancyGrid
+from cfd3d.render.shading import SHADING_MODES, ShadingConfig
 from cfd3d.render.volume import RendererConfig, VolumeRenderer
 from cfd3d.scene.encoding import HashGridConfig
 from cfd3d.scene.nerf import NeRFConfig, NeRFField
@@ -183,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.steps < 1 or args.batch < 1 or (args.samples is not None and args.samples < 1):
         raise ConfigError("--steps, --batch and --samples must be at least 1")
+    if args.chunk_rays < 1:
+        raise ConfigError(f"--chunk-rays must be a positive integer, got {args.chunk_rays}")
     device = pick_device(args.device, args.small)
     if args.low_vram and device.type != "cuda":
         raise UserError("--low-vram (float16, CPU offload) needs a CUDA device; drop it on the CPU")
@@ -191,15 +199,20 @@ def run(args: argparse.Namespace) -> int:
     if device.type == "cpu" and not args.small:
         print(
             "warning: the full-size Stable Diffusion step on the CPU is slow (minutes per step) "
-            "and needs about 50 GB of memory at --resolution 512; use --small for a quick run "
-            "or --resolution 128",
+            "and needs about 10 GB of memory at --resolution 512 (float32 weights and the VAE "
+            "encoder's activations); use --small for a quick run",
             file=sys.stderr,
         )
     torch.manual_seed(args.seed)
 
     prior = build_prior(setup, device, args.seed, args.low_vram)
     nerf = NeRFField(setup.nerf, generator=torch.Generator().manual_seed(args.seed)).to(device)
-    renderer = VolumeRenderer(RendererConfig(n_samples=args.samples or setup.samples))
+    renderer = VolumeRenderer(
+        RendererConfig(n_samples=args.samples or setup.samples, chunk_rays=args.chunk_rays)
+    )
+    occupancy = None
+    if not args.dense:
+        occupancy = OccupancyGrid(OccupancyConfig(), nerf.config.bound).to(device)
     noise = make_noise(NoiseConfig(kind="integral", seed=args.seed), prior.input_shape)
     optimiser = torch.optim.Adam(
         [
@@ -220,29 +233,50 @@ def run(args: argparse.Namespace) -> int:
 
     def step(index: int) -> dict[str, float]:
         timer = PhaseTimer(device)
+        deferred = None
         with timer("render"):
+            if occupancy is not None:
+                occupancy.update(nerf.density, index)
             cameras = sample_cameras(
                 CameraSamplerConfig(), args.batch, cameras_generator, device=device
             )
-            render = renderer(
-                nerf,
-                cameras,
-                resolution,
-                resolution,
-                shading=args.shading,
-                generator=render_generator,
-            )
+            if args.dense:
+                render = renderer(
+                    nerf,
+                    cameras,
+                    resolution,
+                    resolution,
+                    shading=args.shading,
+                    generator=render_generator,
+                )
+                image = render.rgb
+            else:
+                deferred = render_deferred(
+                    renderer,
+                    nerf,
+                    cameras,
+                    resolution,
+                    resolution,
+                    shading=ShadingConfig(mode=args.shading),
+                    generator=render_generator,
+                    chunk_rays=args.chunk_rays,
+                    occupancy=occupancy,
+                )
+                render = deferred.output
+                image = render.rgb.detach().requires_grad_(True)
         with timer("noise"):
             eps = noise(render, cameras, index)
             noise.refresh(gamma_at(index, RUN_STEPS))
         with timer("encode"):
-            z = prior.encode(render.image())
+            z = prior.encode(image.permute(0, 3, 1, 2))
         with timer("unet"):
             fraction = timestep_fraction(timesteps, index, RUN_STEPS)
             t = torch.tensor(prior.schedule.index(fraction), device=device)
             grad = cfd_gradient(prior, z, t, condition, GUIDANCE, eps)
         with timer("backward"):
             gradient_loss(z, grad).backward()
+            if deferred is not None:
+                deferred.backward(image.grad)
         with timer("optimizer"):
             optimiser.step()
             optimiser.zero_grad(set_to_none=True)
@@ -262,6 +296,8 @@ def run(args: argparse.Namespace) -> int:
         "prior_input": list(prior.input_shape),
         "batch": args.batch,
         "samples_per_ray": renderer.config.n_samples,
+        "marcher": "dense" if args.dense else "skipping+deferred",
+        "chunk_rays": args.chunk_rays,
         "shading": args.shading,
         "unet_params": sum(p.numel() for p in prior.unet.parameters()),
         "steps": args.steps,
@@ -303,6 +339,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shading", choices=SHADING_MODES, default="albedo", help="shading mode")
     parser.add_argument(
         "--low-vram", action="store_true", help="the prior's low-VRAM preset (CUDA only)"
+    )
+    parser.add_argument(
+        "--dense",
+        action="store_true",
+        help="the dense one-pass marcher (default: occupancy grid + deferred back-propagation, "
+        "as cfd3d generate's sd-stage1)",
+    )
+    parser.add_argument(
+        "--chunk-rays", type=int, default=16384, help="rays re-rendered with graph at a time"
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     return parser.parse_args(argv)

@@ -26,7 +26,14 @@ between the results' classes and the classes of ``--prior-samples`` DDIM samples
 the preset's guidance) of the prior itself for that prompt.
 
 Per method also ``noise_share`` (time in the noise source / step time, all runs) and
-``wall_s`` (distillation and evaluation of its runs). One run takes 1-2 minutes on one
+``wall_s`` (distillation and evaluation of its runs).
+
+``--pipeline NAME`` (e.g. ``toy``) runs each method through the stages of a ``cfd3d generate
+--pipeline`` instead (every stage with the method's noise and ``w(t)``, the field handed
+from stage to stage as ``generate`` does) and scores every stage's result: rows
+``cfd:stage1``, ``cfd:stage2``... of the same runs, so a later stage is compared with its
+own stage 1 on the same seeds; ``--steps`` then sets every stage's steps, and the docs go
+to ``toyworld-NAME.md`` / ``.png``. One run takes 1-2 minutes on one
 thread of the 2-core box, so the default benchmark (3 x 3 + 2 x 8 runs per method) is
 long; ``--quick`` is a smoke run of seconds (3 steps, one prompt and seed of each kind).
 Unless ``--quick``, ``docs/toyworld.md`` (tables) and ``docs/toyworld.png`` (rows: ground
@@ -37,7 +44,7 @@ Usage::
 
     python benchmarks/toyworld.py [--seed 0] [--seeds 3] [--under-seeds 8] [--steps 500]
         [--prompts "a red cube" ...] [--underspecified "a red object" ...]
-        [--weights PATH] [--docs DIR] [--quick]
+        [--weights PATH] [--docs DIR] [--pipeline NAME] [--quick]
 
 The last line of stdout is one JSON object; progress goes to stderr. Bad prompts or counts
 are one line on stderr and exit code 2.
@@ -71,6 +78,7 @@ from cfd3d.export.video import preview_grid, to_uint8
 from cfd3d.generate.command import load_prior_for
 from cfd3d.generate.config import GenerateConfig, preset_config
 from cfd3d.generate.outputs import run_mesh
+from cfd3d.generate.pipeline import configure, pipeline_config, start_from
 from cfd3d.generate.run import Run
 from cfd3d.io import atomic_write_bytes, atomic_write_text
 from cfd3d.priors.base import Prior
@@ -297,10 +305,16 @@ def method_config(base: GenerateConfig, method: str, seed: int, steps: int) -> G
     ).resolved()
 
 
-def distil(config: GenerateConfig, prior: Prior, size: int) -> tuple[Run, Views, dict[str, float]]:
-    """Run ``config`` to its last step, then render the result (timings in the dict)."""
+def distil(
+    config: GenerateConfig, prior: Prior, size: int, init: dict | None = None
+) -> tuple[Run, Views, dict[str, float]]:
+    """Run ``config`` to its last step, its field started from the checkpoint state
+    ``init`` if given (a pipeline's later stage), then render the result (timings in the
+    dict)."""
     tic = time.perf_counter()
     run = Run(config, prior)
+    if init is not None:
+        start_from(run, init)
     noise_ms = step_ms = 0.0
     while run.step < config.steps:
         step = run.take_step()
@@ -331,14 +345,16 @@ def mesh_iou(run: Run, prompt: Prompt) -> float:
 
 @dataclass(frozen=True)
 class Job:
-    """One run of the plan: what a worker needs besides the prior."""
+    """One run of the plan (all the stages of a pipeline): what a worker needs besides the
+    prior. ``steps``: every run's (every stage's) steps; ``None`` keeps the stages' own."""
 
     base: GenerateConfig
     method: str
     prompt: Prompt
     seed: int
-    steps: int
+    steps: int | None
     size: int
+    pipeline: str | None = None
 
 
 _WORKER_PRIOR: list[Prior] = []
@@ -358,18 +374,46 @@ def load_prior(weights: Path | None, base: GenerateConfig) -> Prior:
     return load_prior_for(base)
 
 
-def run_job(job: Job, prior: Prior | None = None) -> tuple[Result, Views | None]:
-    """Distil ``job``; also render the ground truth of a fully named prompt."""
-    config = method_config(
-        replace(job.base, prompt=job.prompt.text), job.method, job.seed, job.steps
+def job_configs(job: Job) -> list[tuple[str, GenerateConfig]]:
+    """``(label, config)`` of each run of ``job``: the method's (label: the method), or each
+    stage of its pipeline (label ``method:stage``)."""
+    if job.pipeline is None:
+        base = replace(job.base, prompt=job.prompt.text)
+        steps = job.steps if job.steps is not None else base.steps
+        return [(job.method, method_config(base, job.method, job.seed, steps))]
+    pipeline = configure(
+        pipeline_config(job.pipeline, job.prompt.text),
+        method=job.method,
+        steps_per_stage=job.steps,
+        overrides={"seed": job.seed},
     )
-    run_, views, timing = distil(config, prior if prior is not None else _WORKER_PRIOR[0], job.size)
-    truth = None
-    iou = None
-    if job.prompt.missing is None:
-        truth = look(run_, get_scene(f"{job.prompt.color}_{job.prompt.shape}"), job.size)
-        iou = round(mesh_iou(run_, job.prompt), 4)
-    return Result(job.method, job.prompt, job.seed, views, iou, **timing), truth
+    return [(f"{job.method}:{s.name}", s.config) for s in pipeline.stages]
+
+
+def stage_labels(methods: list[str], pipeline: str | None) -> list[str]:
+    """The rows of the report: the methods, or each method's pipeline stages."""
+    if pipeline is None:
+        return methods
+    stages = [s.name for s in pipeline_config(pipeline, SINGLE_PROMPTS[0]).stages]
+    return [f"{m}:{s}" for m in methods for s in stages]
+
+
+def run_job(job: Job, prior: Prior | None = None) -> list[tuple[Result, Views | None]]:
+    """Distil ``job`` (each stage from the previous stage's final state), one result per
+    run; also render the ground truth of a fully named prompt."""
+    prior = prior if prior is not None else _WORKER_PRIOR[0]
+    results: list[tuple[Result, Views | None]] = []
+    state = None
+    for label, config in job_configs(job):
+        run_, views, timing = distil(config, prior, job.size, state)
+        state = run_.state_dict()
+        truth = None
+        iou = None
+        if job.prompt.missing is None:
+            truth = look(run_, get_scene(f"{job.prompt.color}_{job.prompt.shape}"), job.size)
+            iou = round(mesh_iou(run_, job.prompt), 4)
+        results.append((Result(label, job.prompt, job.seed, views, iou, **timing), truth))
+    return results
 
 
 # ---------------------------------------------------------------------------- report
@@ -501,9 +545,18 @@ def fmt(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def markdown(result: dict, methods: list[str], command: str, machine_text: str) -> str:
+def markdown(
+    result: dict, methods: list[str], command: str, machine_text: str, stem: str = "toyworld"
+) -> str:
     config = result["config"]
     under = config["underspecified"]
+    pipeline = config.get("pipeline")
+    runs = (
+        f"Pipeline `{pipeline}` (rows `method:stage`: each stage's result of the same runs), "
+        f"steps per stage {config['steps'] or 'the stages’ own'}"
+        if pipeline
+        else f"Preset `{config['preset']}`, {config['steps']} steps"
+    )
     lines = [
         "# toyworld — CFD, SDS and FSD on the embedded prior's toy world",
         "",
@@ -511,7 +564,7 @@ def markdown(result: dict, methods: list[str], command: str, machine_text: str) 
         "",
         f"- Machine: {machine_text}",
         f"- Command: `{command}`",
-        f"- Preset `{config['preset']}`, {config['steps']} steps, guidance "
+        f"- {runs}, guidance "
         f"{config['guidance_scale']:g}, seeds {config['seeds']} (single objects) and "
         f"{config['under_seeds']} (underspecified); weights `{config['weights']}`.",
         f"- Probe (trained on ground-truth renders only): colour accuracy "
@@ -560,7 +613,7 @@ def markdown(result: dict, methods: list[str], command: str, machine_text: str) 
         lines.append(f"- “{text}”: {shown}")
     lines += [
         "",
-        "![toyworld](toyworld.png)",
+        f"![toyworld]({stem}.png)",
         "",
         "Rows: ground truth (blank for underspecified prompts), then "
         + ", ".join(methods)
@@ -618,8 +671,14 @@ def run(args: argparse.Namespace) -> int:
     methods = list(dict.fromkeys(args.methods))
 
     start = time.perf_counter()
-    base = preset_config(PRESET, (singles or unders)[0].text)
-    steps = args.steps or (3 if quick else base.steps)
+    first = (singles or unders)[0].text
+    if args.pipeline is None:
+        base = preset_config(PRESET, first)
+        steps: int | None = args.steps or (3 if quick else base.steps)
+    else:
+        base = pipeline_config(args.pipeline, first).stages[0].config
+        steps = args.steps or (3 if quick else None)
+    rows = stage_labels(methods, args.pipeline)
     prior = load_prior(args.weights, base)
     if args.weights is not None:
         weights = str(args.weights)
@@ -650,11 +709,15 @@ def run(args: argparse.Namespace) -> int:
         }
 
     plan = [(p, s) for p in singles for s in seeds] + [(p, s) for p in unders for s in under_seeds]
-    jobs = [Job(base, m, p, s, steps, size) for m in methods for p, s in plan]
+    jobs = [Job(base, m, p, s, steps, size, args.pipeline) for m in methods for p, s in plan]
     results: list[Result] = []
     truths: dict[str, Views] = {}
 
-    def report(done: int, result: Result, truth: Views | None) -> None:
+    def report(done: int, runs: list[tuple[Result, Views | None]]) -> None:
+        for result, truth in runs:
+            report_one(done, result, truth)
+
+    def report_one(done: int, result: Result, truth: Views | None) -> None:
         results.append(result)
         prompt = result.prompt
         if truth is not None:
@@ -667,13 +730,13 @@ def run(args: argparse.Namespace) -> int:
             verdict = f"{prompt.missing} {names[majority(label, len(names))]}"
         print(
             f"[{done}/{len(jobs)}] {result.method} {prompt.text!r} seed {result.seed}: "
-            f"{steps} steps in {result.distill_s:.1f} s, {verdict}",
+            f"distilled in {result.distill_s:.1f} s, {verdict}",
             file=sys.stderr,
         )
 
     if args.jobs == 1:
         for done, job in enumerate(jobs, 1):
-            report(done, *run_job(job, prior))
+            report(done, run_job(job, prior))
     else:
         # Workers of one thread each, methods interleaved so that all advance together.
         order = sorted(range(len(jobs)), key=lambda i: (i % len(plan), i // len(plan)))
@@ -685,13 +748,12 @@ def run(args: argparse.Namespace) -> int:
         ) as pool:
             futures = [pool.submit(run_job, jobs[i]) for i in order]
             for done, future in enumerate(as_completed(futures), 1):
-                report(done, *future.result())
+                report(done, future.result())
         rank = {(j.method, j.prompt.text, j.seed): i for i, j in enumerate(jobs)}
-        results.sort(key=lambda r: rank[(r.method, r.prompt.text, r.seed)])
+        results.sort(key=lambda r: rank[(r.method.split(":")[0], r.prompt.text, r.seed)])
 
     result: dict = {
-        m: summarise([r for r in results if r.method == m], truths, probe, prior_freq)
-        for m in methods
+        m: summarise([r for r in results if r.method == m], truths, probe, prior_freq) for m in rows
     }
     result["prior_classes"] = prior_classes
     result["probe"] = {
@@ -703,7 +765,8 @@ def run(args: argparse.Namespace) -> int:
     result["config"] = {
         "seed": args.seed,
         "quick": quick,
-        "preset": PRESET,
+        "preset": PRESET if args.pipeline is None else None,
+        "pipeline": args.pipeline,
         "steps": steps,
         "guidance_scale": base.guidance_scale,
         "prompts": [p.text for p in singles],
@@ -731,9 +794,10 @@ def run(args: argparse.Namespace) -> int:
     docs = args.docs if args.docs is not None else (None if quick else DOCS)
     if docs is not None:
         command = shlex.join(["python", "benchmarks/toyworld.py", *sys.argv[1:]])
-        text = markdown(result, methods, command, machine(prior.device))
-        atomic_write_text(Path(docs) / "toyworld.md", text)
-        atomic_write_bytes(Path(docs) / "toyworld.png", figure_png(results, truths, methods))
+        stem = "toyworld" if args.pipeline is None else f"toyworld-{args.pipeline}"
+        text = markdown(result, rows, command, machine(prior.device), stem)
+        atomic_write_text(Path(docs) / f"{stem}.md", text)
+        atomic_write_bytes(Path(docs) / f"{stem}.png", figure_png(results, truths, rows))
         result["docs"] = str(docs)
     print(json.dumps(result))
     return 0
@@ -771,6 +835,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (per job)")
     parser.add_argument(
         "--jobs", type=int, default=1, help="runs in parallel, each in its own process"
+    )
+    parser.add_argument(
+        "--pipeline",
+        default=None,
+        help="run each method through this cfd3d generate pipeline (e.g. toy) and score "
+        "every stage",
     )
     parser.add_argument(
         "--quick", action="store_true", help="a smoke run of seconds; writes no docs"

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cfd3d.generate.command import add_generate_command
 
     add_generate_command(sub)
+    from cfd3d.doctor import add_doctor_command
+
+    add_doctor_command(sub)
     return parser
 
 

@@ -45,3 +45,20 @@ def test_a_resolution_the_latent_size_does_not_divide_is_one_line():
         "error: --resolution must be a positive multiple"
     )
     assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("flag", [[], ["--dense"]])
+def test_both_marchers_report_the_split(flag):
+    proc = run_script("--small", "--steps", "1", "--threads", "1", "--chunk-rays", "1000", *flag)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["marcher"] == ("dense" if flag else "skipping+deferred")
+    assert set(result["split_ms"]) == PHASES and result["chunk_rays"] == 1000
+
+
+def test_a_chunk_size_that_is_not_positive_is_one_line():
+    proc = run_script("--small", "--chunk-rays", "0")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: --chunk-rays must be a positive integer, got 0"
+    ]

@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from cfd3d.errors import ConfigError
+from cfd3d.evaluation.memory import SavedTensorsMeter
 from cfd3d.scene.encoding import HashGridConfig
 from cfd3d.scene.fields import FieldOutput, NormalField, density_gradient, field_normals
 from cfd3d.scene.nerf import NeRFConfig, NeRFField
@@ -128,3 +129,45 @@ def test_voxel_grid_sample_path_equals_the_pure_trilinear_twin():
     a.density.sum().backward()
     b.density.sum().backward()
     torch.testing.assert_close(fast.raw_density.grad, slow.raw_density.grad, atol=1e-5, rtol=1e-5)
+
+
+def _nerf_twins(normal_method: str) -> tuple[NeRFField, NeRFField]:
+    """A float64 NeRF (small grid, random table) and its reference twin (``lean=False``)."""
+    grid = HashGridConfig(
+        n_levels=4, log2_table_size=12, base_resolution=4, max_resolution=32, init_scale=1.0
+    )
+    config = NeRFConfig(encoding=grid, normal_method=normal_method)
+    lean = NeRFField(config, generator=torch.Generator().manual_seed(0)).double()
+    reference = NeRFField(config).double()
+    reference.load_state_dict(lean.state_dict())
+    reference.lean = False
+    return lean, reference
+
+
+@pytest.mark.parametrize("normal_method", ["central", "autograd"])
+def test_lean_nerf_equals_its_reference_twin_values_and_parameter_gradients(normal_method):
+    points = (torch.rand(300, 3, generator=torch.Generator().manual_seed(1)) * 1.6 - 0.8).double()
+    weights = torch.randn(300, 7, generator=torch.Generator().manual_seed(2)).double()
+    results = []
+    for field in _nerf_twins(normal_method):
+        out = field(points)
+        normals = field.normals(points)
+        values = torch.cat([out.density[:, None], out.albedo, normals], dim=-1)
+        grads = torch.autograd.grad((values * weights).sum(), list(field.parameters()))
+        results.append((values, *grads))
+    # float64: the twins differ only in the order of the encoding's 8-corner sums.
+    for lean, ref in zip(*results, strict=True):
+        torch.testing.assert_close(lean, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_lean_nerf_keeps_only_the_points_for_backward():
+    lean, reference = _nerf_twins("central")
+    points = torch.rand(200, 3, dtype=torch.float64) - 0.5
+    kept = {}
+    for name, field in (("lean", lean), ("reference", reference)):
+        with SavedTensorsMeter(exclude=field.parameters()) as meter:
+            field(points)
+            field.normals(points)
+        kept[name] = meter.nbytes
+    assert kept["lean"] == points.nbytes
+    assert kept["reference"] > 100 * points.nbytes

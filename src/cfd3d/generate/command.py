@@ -9,12 +9,25 @@ Output folder ``DIR``::
     model.glb        the mesh (plus model.obj / model.ply with --formats)
     turntable.mp4, turntable.gif, preview.png
     summary.json     written last: the run is finished
+
+With ``--pipeline NAME`` (stages as configuration, :mod:`cfd3d.generate.pipeline`)::
+
+    stage1/, stage2/ ...  one run folder per stage, laid out as above; every stage's
+                          config.json is written before the first stage starts
+    pipeline.json    the pipeline, prompt, seed and stage names (written before stage 1)
+    model.glb, turntable.mp4, turntable.gif, preview.png   the last stage's, copied
+    summary.json     written last: the pipeline is finished
+
+``--resume`` continues a pipeline where it stopped: finished stages stay untouched, the
+current one continues from its last checkpoint, later ones start afresh.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import shutil
 import sys
 import time
@@ -31,19 +44,26 @@ from cfd3d.generate.config import (
     save_config,
 )
 from cfd3d.generate.outputs import write_outputs
+from cfd3d.generate.pipeline import (
+    PIPELINES,
+    Pipeline,
+    Stage,
+    check_handoff,
+    configure,
+    is_stage_name,
+    pipeline_config,
+    start_from,
+)
 from cfd3d.generate.run import Run, list_checkpoints, read_checkpoint
-from cfd3d.io import atomic_write_text, ensure_writable_dir
+from cfd3d.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from cfd3d.priors.base import Prior
 
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
 SUMMARY_NAME = "summary.json"
 CHECKPOINTS = "checkpoints"
-OUTPUT_NAMES = (
-    CONFIG_NAME,
-    METRICS_NAME,
-    SUMMARY_NAME,
-    CHECKPOINTS,
+PIPELINE_NAME = "pipeline.json"
+ASSET_NAMES = (
     "model.glb",
     "model.obj",
     "model.ply",
@@ -51,6 +71,8 @@ OUTPUT_NAMES = (
     "turntable.gif",
     "preview.png",
 )
+"""The files a user opens; a pipeline copies its last stage's to the top folder."""
+OUTPUT_NAMES = (CONFIG_NAME, METRICS_NAME, SUMMARY_NAME, CHECKPOINTS, PIPELINE_NAME, *ASSET_NAMES)
 
 
 def load_prior_for(config: GenerateConfig) -> Prior:
@@ -78,13 +100,15 @@ def load_prior_for(config: GenerateConfig) -> Prior:
     return prior
 
 
-def check_output_folder(folder: Path, overwrite: bool) -> None:
-    """Refuse a folder that holds another run or files this run would overwrite."""
+def check_output_folder(folder: Path, overwrite: bool, stages: tuple[str, ...] = ()) -> None:
+    """Refuse a folder that holds another run or files this run would overwrite (``stages``:
+    the stage folders a pipeline would write)."""
     if not folder.exists():
         return
     if not folder.is_dir():
         raise OutputError(f"--out '{folder}' is a file, not a folder; choose another --out")
-    present = [name for name in OUTPUT_NAMES if (folder / name).exists()]
+    names = (*OUTPUT_NAMES, *stages, *_recorded_stages(folder))
+    present = [name for name in dict.fromkeys(names) if (folder / name).exists()]
     if not present or overwrite:
         return
     if (folder / SUMMARY_NAME).exists():
@@ -92,7 +116,7 @@ def check_output_folder(folder: Path, overwrite: bool) -> None:
             f"'{folder}' holds a finished run; choose another --out, or pass --overwrite to "
             "replace it"
         )
-    if (folder / CONFIG_NAME).exists():
+    if (folder / CONFIG_NAME).exists() or (folder / PIPELINE_NAME).exists():
         raise OutputError(
             f"'{folder}' holds another run; continue it with --resume, choose another --out, "
             "or pass --overwrite to replace it"
@@ -103,8 +127,20 @@ def check_output_folder(folder: Path, overwrite: bool) -> None:
     )
 
 
-def _clear_outputs(folder: Path) -> None:
-    for name in OUTPUT_NAMES:
+def _recorded_stages(folder: Path) -> tuple[str, ...]:
+    """The stage folders named by ``folder/pipeline.json`` (none if it is absent or
+    unreadable); only plain folder names, never a path out of ``folder``."""
+    try:
+        stages = json.loads((folder / PIPELINE_NAME).read_text())["stages"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return ()
+    if not isinstance(stages, list):
+        return ()
+    return tuple(s for s in stages if isinstance(s, str) and is_stage_name(s))
+
+
+def _clear_outputs(folder: Path, stages: tuple[str, ...] = ()) -> None:
+    for name in dict.fromkeys((*OUTPUT_NAMES, *stages, *_recorded_stages(folder))):
         path = folder / name
         if path.is_dir():
             shutil.rmtree(path)
@@ -118,17 +154,38 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
         config = load_config(args.config)
         if args.prompt is not None and args.prompt != config.prompt:
             config = replace(config, prompt=args.prompt)
+        if config.init_from is not None and not Path(config.init_from).expanduser().is_absolute():
+            # relative to the folder of the run that config.json belongs to
+            folder = args.config.resolve().parent
+            config = replace(config, init_from=os.path.normpath(folder / config.init_from))
     else:
-        if args.prompt is None:
-            raise ConfigError("no prompt given; pass a text prompt, e.g. 'a red cube'")
-        if not args.prompt.strip():
-            raise ConfigError("the prompt is empty; pass a text prompt, e.g. 'a red cube'")
+        _check_prompt(args.prompt)
         prior = args.prior or "embedded"
         preset = args.preset or default_preset(prior, args.device)
         config = preset_config(preset, args.prompt)
         config = replace(config, prior=prior)
+    overrides = _overrides(args)
+    if args.config is not None and args.prior is not None:
+        overrides["prior"] = args.prior
+    config = replace(config, **overrides)
+    if args.method is not None and args.config is not None:
+        # a new method brings its own noise, timesteps and weighting
+        config = replace(config, noise=None, timesteps=None, weighting=None)
+    if args.seed is not None and config.noise is not None:
+        config = replace(config, noise=replace(config.noise, seed=args.seed))
+    return config.resolved()
+
+
+def _check_prompt(prompt: str | None) -> None:
+    if prompt is None:
+        raise ConfigError("no prompt given; pass a text prompt, e.g. 'a red cube'")
+    if not prompt.strip():
+        raise ConfigError("the prompt is empty; pass a text prompt, e.g. 'a red cube'")
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    """The config fields the command line sets (every stage's, for a pipeline)."""
     overrides = {
-        "prior": args.prior if args.config is not None else None,
         "method": args.method,
         "steps": args.steps,
         "seed": args.seed,
@@ -139,69 +196,119 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
         "low_vram": True if args.low_vram else None,
         "formats": tuple(args.formats.split(",")) if args.formats else None,
     }
-    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    if args.method is not None and args.config is not None:
-        # a new method brings its own noise, timesteps and weighting
-        config = replace(config, noise=None, timesteps=None, weighting=None)
-    if args.seed is not None and config.noise is not None:
-        config = replace(config, noise=replace(config.noise, seed=args.seed))
-    return config.resolved()
+    return {k: v for k, v in overrides.items() if v is not None}
 
 
 def run_generate(args: argparse.Namespace) -> int:
     out: Path = args.out
     if args.resume:
+        if (out / PIPELINE_NAME).exists():
+            return _resume_pipeline(args)
         return _resume(args)
+    if args.pipeline is not None:
+        return _run_pipeline(args)
+    for flag, value in (("--prior-mv", args.prior_mv), ("--steps-per-stage", args.steps_per_stage)):
+        if value is not None:
+            raise ConfigError(f"{flag} belongs to staged runs; add --pipeline NAME or drop it")
     config = config_from_args(args)
     check_output_folder(out, args.overwrite)
     prior = load_prior_for(config)
-    run = Run(config, prior)
+    run = _new_run(config, prior, out)
     ensure_writable_dir(out)
     if args.overwrite:
         _clear_outputs(out)
     atomic_write_text(out / CONFIG_NAME, save_config(config))
-    return _drive(run, out, args.quiet)
+    summary = _drive(run, out, args.quiet)
+    _report(summary, out, args.quiet)
+    return 0
+
+
+def _new_run(config: GenerateConfig, prior: Prior, out: Path) -> Run:
+    """A run of ``config`` at step 0, its field taken from ``config.init_from`` if set."""
+    run = Run(config, prior)
+    if config.init_from is not None:
+        start_from(run, _init_state(config.init_from, out))
+    return run
+
+
+def _init_state(init_from: str, out: Path) -> dict:
+    """The checkpoint ``init_from`` names: a finished run's folder (its final checkpoint)
+    or a checkpoint file; relative to ``out``."""
+    path = Path(os.path.normpath(out / Path(init_from).expanduser()))
+    if path.is_dir():
+        checkpoints = list_checkpoints(path / CHECKPOINTS)
+        if not (path / SUMMARY_NAME).exists() or not checkpoints:
+            raise UserError(
+                f"init_from '{path}' holds no finished run; finish it first ('cfd3d generate "
+                f"--resume --out {path}') or name one of its checkpoints"
+            )
+        path = checkpoints[-1]
+    elif not path.is_file():
+        raise UserError(
+            f"init_from '{path}' not found; name a finished run's folder or a checkpoint file"
+        )
+    return read_checkpoint(path)
+
+
+_RESUME_FIXED = (
+    "prior",
+    "prior_mv",
+    "method",
+    "preset",
+    "pipeline",
+    "steps",
+    "steps_per_stage",
+    "seed",
+    "guidance",
+    "negative_prompt",
+    "perp_neg",
+    "formats",
+    "config",
+)
+"""Options that would change a run, refused with ``--resume``."""
+
+
+def _check_resume_args(args: argparse.Namespace, saved: str, prompt: str) -> None:
+    given = [f"--{n.replace('_', '-')}" for n in _RESUME_FIXED if getattr(args, n) is not None]
+    if given:
+        raise ConfigError(
+            f"--resume continues the run with its saved {saved}; drop {', '.join(given)} "
+            "(or start a new run with another --out)"
+        )
+    if args.prompt is not None and args.prompt != prompt:
+        raise ConfigError(
+            f"--resume continues the run for '{prompt}'; drop the prompt argument or "
+            "choose another --out for a new prompt"
+        )
 
 
 def _resume(args: argparse.Namespace) -> int:
     out: Path = args.out
     config_file = out / CONFIG_NAME
-    checkpoints = list_checkpoints(out / CHECKPOINTS)
-    if not config_file.exists() or not checkpoints:
+    if not config_file.exists() or not list_checkpoints(out / CHECKPOINTS):
         raise UserError(
             f"nothing to resume in '{out}': it has no {CONFIG_NAME} and checkpoint; start the "
             "run without --resume"
         )
     config = load_config(config_file)
-    given = [
-        f"--{name.replace('_', '-')}"
-        for name in (
-            "prior",
-            "method",
-            "preset",
-            "steps",
-            "seed",
-            "guidance",
-            "negative_prompt",
-            "perp_neg",
-            "formats",
-            "config",
-        )
-        if getattr(args, name) is not None
-    ]
-    if given:
-        raise ConfigError(
-            f"--resume continues the run with its saved {CONFIG_NAME}; drop {', '.join(given)} "
-            "(or start a new run with --config and another --out)"
-        )
-    if args.prompt is not None and args.prompt != config.prompt:
-        raise ConfigError(
-            f"--resume continues the run for '{config.prompt}'; drop the prompt argument or "
-            "choose another --out for a new prompt"
-        )
+    _check_resume_args(args, CONFIG_NAME, config.prompt)
+    run = Run(config, load_prior_for(config))
+    _restore(run, out)
+    summary = _drive(run, out, args.quiet)
+    _report(summary, out, args.quiet)
+    return 0
+
+
+def _restore(run: Run, out: Path) -> None:
+    """Continue ``run`` from the last checkpoint in ``out``, or from step 0 (its
+    ``init_from``) when there is none; drop the metric lines of steps to be taken again."""
+    checkpoints = list_checkpoints(out / CHECKPOINTS)
+    if not checkpoints:
+        if run.config.init_from is not None:
+            start_from(run, _init_state(run.config.init_from, out))
+        _truncate_metrics(out / METRICS_NAME, 0)
+        return
     state = read_checkpoint(checkpoints[-1])
-    prior = load_prior_for(config)
-    run = Run(config, prior)
     try:
         run.load_state_dict(state)
     except (KeyError, RuntimeError, ValueError) as exc:
@@ -210,7 +317,6 @@ def _resume(args: argparse.Namespace) -> int:
             "to resume from an earlier checkpoint, or start afresh with another --out"
         ) from None
     _truncate_metrics(out / METRICS_NAME, run.step)
-    return _drive(run, out, args.quiet)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -227,8 +333,9 @@ def _truncate_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
-def _drive(run: Run, out: Path, quiet: bool) -> int:
-    """Take the remaining steps with checkpoints, then export; handles Ctrl-C."""
+def _drive(run: Run, out: Path, quiet: bool) -> dict:
+    """Take the remaining steps with checkpoints, then export; handles Ctrl-C. Returns the
+    run's summary (also written to ``out/summary.json``, last)."""
     from tqdm import tqdm
 
     c = run.config
@@ -262,7 +369,7 @@ def _drive(run: Run, out: Path, quiet: bool) -> int:
             saved = run.save_checkpoint(ckpt_dir)
             print(
                 f"interrupted at step {run.step}; checkpoint {saved} written; continue with "
-                f"'cfd3d generate --resume --out {out}'",
+                f"'cfd3d generate --resume --out {_top_folder(out)}'",
                 file=sys.stderr,
             )
         raise
@@ -286,15 +393,200 @@ def _drive(run: Run, out: Path, quiet: bool) -> int:
     atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
     if "mesh_error" in written:
         print(f"warning: no mesh written: {written['mesh_error']}", file=sys.stderr)
-    if not quiet:
-        mesh = written.get("glb") or next(
-            (written[f] for f in ("obj", "ply") if f in written), None
+    return summary
+
+
+def _top_folder(out: Path) -> Path:
+    """The folder to ``--resume``: a stage's pipeline folder, or the run's own."""
+    return out.parent if (out.parent / PIPELINE_NAME).exists() else out
+
+
+def _report(summary: dict, out: Path, quiet: bool) -> None:
+    """Tell the user where the assets are."""
+    if quiet:
+        return
+    written = summary["files"]
+    mesh = written.get("glb") or next((written[f] for f in ("obj", "ply") if f in written), None)
+    print(f"done: {out}")
+    if mesh:
+        print(f"  mesh:      {mesh}")
+    print(f"  turntable: {written['mp4']} (GIF: {written['gif']})")
+    print(f"  preview:   {written['preview']}")
+
+
+# ------------------------------------------------------------------------- pipelines
+
+
+def pipeline_from_args(args: argparse.Namespace) -> Pipeline:
+    """The pipeline ``--pipeline`` names, configured by the command line (see
+    :func:`cfd3d.generate.pipeline.configure`).
+
+    Raises:
+        ConfigError: an unknown pipeline, options that do not apply, stages that do not
+            chain.
+    """
+    for flag, value in (("--config", args.config), ("--preset", args.preset)):
+        if value is not None:
+            raise ConfigError(f"{flag} does not combine with --pipeline (its stages are presets)")
+    if args.steps is not None:
+        raise ConfigError("--steps does not combine with --pipeline; use --steps-per-stage")
+    _check_prompt(args.prompt)
+    overrides = _overrides(args)
+    method = overrides.pop("method", None)
+    return configure(
+        pipeline_config(args.pipeline, args.prompt),
+        prior=args.prior,
+        prior_mv=args.prior_mv,
+        steps_per_stage=args.steps_per_stage,
+        method=method,
+        overrides=overrides,
+    )
+
+
+class _Priors:
+    """Each distinct prior of a pipeline loaded once (stages may share one)."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[tuple, Prior] = {}
+
+    def get(self, config: GenerateConfig, multiview: bool) -> Prior:
+        """The prior of a stage; a multi-view stage's must be an MVDream checkpoint file.
+
+        Raises:
+            ConfigError: a multi-view stage's prior that is not an MVDream checkpoint.
+        """
+        from cfd3d.priors.ldm import is_single_file
+
+        wrong = (
+            f"--prior-mv '{config.prior}' is not a multi-view (MVDream) checkpoint; pass the "
+            "file of one such as sd-v2.1-base-4view.pt, and Stable Diffusion ones with --prior"
         )
-        print(f"done: {out}")
-        if mesh:
-            print(f"  mesh:      {mesh}")
-        print(f"  turntable: {written['mp4']} (GIF: {written['gif']})")
-        print(f"  preview:   {written['preview']}")
+        if multiview and not is_single_file(config.prior):
+            raise ConfigError(wrong)
+        key = (config.prior, config.device, config.low_vram, config.dtype)
+        if key not in self._loaded:
+            self._loaded[key] = load_prior_for(config)
+        prior = self._loaded[key]
+        if multiview:
+            from cfd3d.priors.mvdream import MVDreamPrior
+
+            if not isinstance(prior, MVDreamPrior):
+                raise ConfigError(wrong)
+        return prior
+
+
+def _pipeline_record(pipeline: Pipeline) -> dict:
+    first = pipeline.stages[0].config
+    return {
+        "pipeline": pipeline.name,
+        "summary": pipeline.summary,
+        "prompt": first.prompt,
+        "seed": first.seed,
+        "stages": [s.name for s in pipeline.stages],
+        "multiview": [s.name for s in pipeline.stages if s.multiview],
+    }
+
+
+def _run_pipeline(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    pipeline = pipeline_from_args(args)
+    names = tuple(s.name for s in pipeline.stages)
+    check_output_folder(out, args.overwrite, names)
+    priors = _Priors()
+    # Every stage's prior and prompt are checked before anything is written.
+    runs = [Run(s.config, priors.get(s.config, s.multiview)) for s in pipeline.stages]
+    ensure_writable_dir(out)
+    if args.overwrite:
+        _clear_outputs(out, names)
+    for stage in pipeline.stages:
+        atomic_write_text(out / stage.name / CONFIG_NAME, save_config(stage.config))
+    atomic_write_text(out / PIPELINE_NAME, json.dumps(_pipeline_record(pipeline), indent=2) + "\n")
+    return _drive_pipeline(
+        _pipeline_record(pipeline), list(zip(pipeline.stages, runs, strict=True)), out, args
+    )
+
+
+def _resume_pipeline(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    try:
+        record = json.loads((out / PIPELINE_NAME).read_text())
+        stage_names = record["stages"]
+        prompt = record["prompt"]
+        multiview = set(record.get("multiview", []))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(
+            f"cannot read '{out / PIPELINE_NAME}' ({exc}); start the pipeline afresh with "
+            "another --out or --overwrite"
+        ) from None
+    if not isinstance(stage_names, list) or not all(isinstance(n, str) for n in stage_names):
+        raise UserError(f"'{out / PIPELINE_NAME}' lists no stages; start the pipeline afresh")
+    _check_resume_args(args, PIPELINE_NAME, prompt)
+    stages = [
+        Stage(name, load_config(out / name / CONFIG_NAME), name in multiview)
+        for name in stage_names
+    ]
+    for previous, stage in itertools.pairwise(stages):
+        check_handoff(previous.config, stage.config, stage.name)
+    priors = _Priors()
+    todo: list[tuple[Stage, Run | None]] = []
+    for stage in stages:
+        folder = out / stage.name
+        if (folder / SUMMARY_NAME).exists():
+            todo.append((stage, None))
+            continue
+        todo.append((stage, Run(stage.config, priors.get(stage.config, stage.multiview))))
+    return _drive_pipeline(record, todo, out, args)
+
+
+def _drive_pipeline(
+    record: dict, stages: list[tuple[Stage, Run | None]], out: Path, args: argparse.Namespace
+) -> int:
+    """Run every unfinished stage in order (``None``: finished, left untouched), each from
+    its last checkpoint or else from its ``init_from``, then copy the last stage's assets
+    to ``out`` and write the pipeline's ``summary.json`` last."""
+    tic = time.perf_counter()
+    for index, (stage, run) in enumerate(stages):
+        if run is None:
+            continue
+        folder = out / stage.name
+        c = stage.config
+        _restore(run, folder)
+        if not args.quiet:
+            print(
+                f"{stage.name} ({index + 1}/{len(stages)}): {c.prior}, {c.steps} steps at "
+                f"{'/'.join(str(s) for s in c.render_sizes)}²",
+                file=sys.stderr,
+            )
+        _drive(run, folder, args.quiet)
+        stages[index] = (stage, None)  # frees the stage's field and optimiser
+    last = out / stages[-1][0].name
+    final = json.loads((last / SUMMARY_NAME).read_text())
+    files = {}
+    for kind, path in final["files"].items():
+        if kind in ("mesh_threshold", "mesh_error"):
+            files[kind] = path
+            continue
+        name = Path(path).name
+        files[kind] = str(atomic_write_bytes(out / name, (last / name).read_bytes()))
+    summary = {
+        "status": "finished",
+        "pipeline": record["pipeline"],
+        "prompt": record["prompt"],
+        "seed": record["seed"],
+        "stages": {
+            stage.name: {
+                "prior": stage.config.prior,
+                "method": stage.config.method,
+                "steps": stage.config.steps,
+                "summary": str(out / stage.name / SUMMARY_NAME),
+            }
+            for stage, _ in stages
+        },
+        "total_s_this_call": round(time.perf_counter() - tic, 2),
+        "files": files,
+    }
+    atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+    _report(summary, out, args.quiet)
     return 0
 
 
@@ -302,6 +594,19 @@ def _by_preset(attribute: str) -> str:
     """``"(default: the preset's: cpu-demo 500, ...)"`` for a config attribute."""
     values = (f"{n} {getattr(f('a red cube'), attribute):g}" for n, f in PRESETS.items())
     return f"(default: the preset's: {', '.join(values)})"
+
+
+def _pipelines_help() -> str:
+    """``"toy: ...; paper: ..."``: each pipeline's stages (prior, steps) and summary."""
+    parts = []
+    for name, factory in PIPELINES.items():
+        pipeline = factory("a red cube")
+        stages = " -> ".join(
+            f"{s.name} {s.config.steps} steps" + (" (--prior-mv)" if s.multiview else "")
+            for s in pipeline.stages
+        )
+        parts.append(f"{name}: {pipeline.summary} [{stages}]")
+    return "; ".join(parts)
 
 
 def add_generate_command(subparsers: argparse._SubParsersAction) -> None:
@@ -315,7 +620,10 @@ def add_generate_command(subparsers: argparse._SubParsersAction) -> None:
             "turntable MP4/GIF and a preview grid. The default is the embedded toy-world "
             "prior on the CPU (try 'a red cube' or 'a blue torus'; 'cfd3d prior-vocab' lists "
             "its words); pass a Stable Diffusion hub id or diffusers folder as --prior on a "
-            "GPU. Runs checkpoint as they go: continue an interrupted one with --resume."
+            "GPU. Runs checkpoint as they go: continue an interrupted one with --resume. "
+            "--pipeline runs named stages in one --out folder (stage1/, stage2/, ... each a "
+            "full run folder; the last stage's mesh, turntable and preview copied to the top), "
+            "each stage's field starting from the previous stage's result."
         ),
     )
     p.add_argument("prompt", nargs="?", help="the text prompt, e.g. 'a red cube'")
@@ -326,7 +634,29 @@ def add_generate_command(subparsers: argparse._SubParsersAction) -> None:
         help="'embedded' (default) or a Stable Diffusion hub id / diffusers folder "
         "(e.g. stabilityai/stable-diffusion-2-1-base)",
     )
+    p.add_argument(
+        "--prior-mv",
+        default=None,
+        metavar="PATH",
+        help="the multi-view (MVDream) checkpoint of a pipeline's multi-view stages, e.g. "
+        "sd-v2.1-base-4view.pt (the paper pipeline needs it)",
+    )
     p.add_argument("--method", default=None, help="cfd (default), sds or fsd")
+    p.add_argument(
+        "--pipeline",
+        default=None,
+        metavar="NAME",
+        help="run staged: " + _pipelines_help() + ". --prior, --prior-mv, --seed, --device, "
+        "--method, --guidance and the other options apply to every stage where they mean "
+        "something; --resume continues at the stage where the pipeline stopped",
+    )
+    p.add_argument(
+        "--steps-per-stage",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --pipeline: every stage's optimisation steps (e.g. 3 for a smoke test)",
+    )
     p.add_argument(
         "--preset",
         default=None,

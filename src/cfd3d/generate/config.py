@@ -21,6 +21,7 @@ from cfd3d.distill.weighting import WEIGHTINGS
 from cfd3d.errors import ConfigError
 from cfd3d.export.formats import check_format
 from cfd3d.noise.config import NoiseConfig
+from cfd3d.render.occupancy import OccupancyConfig
 from cfd3d.render.shading import ShadingConfig
 from cfd3d.scene.encoding import HashGridConfig
 from cfd3d.scene.nerf import NeRFConfig
@@ -29,6 +30,8 @@ from cfd3d.scene.voxel import VoxelGridConfig
 
 FieldKind = Literal["voxel", "nerf"]
 BackgroundKind = Literal["white", "random", "environment"]
+
+DEFERRED_MODES: tuple[str, ...] = ("auto", "always", "never")
 
 NOISE_OF_METHOD: dict[str, str] = {"cfd": "integral", "sds": "fresh", "fsd": "panorama"}
 """Each method's noise source (``"fixed"``, CFD without consistency, is an ablation)."""
@@ -54,8 +57,22 @@ class GenerateConfig:
             ``view_prompts``; costs two more prior evaluations per view.
         cameras: the random training cameras.
         views_per_step: views rendered and distilled per step.
-        render_size: render resolution (square); the prior's noise size must divide it.
+        render_size: render resolution (square) at the start; the prior's noise size must
+            divide it.
+        render_schedule: ``(step, size)`` pairs with increasing steps: from ``step`` on,
+            render at ``size`` (e.g. ``((5000, 512),)`` for the reference recipe's switch
+            from 128² to 512²); empty keeps ``render_size`` throughout.
+        chunk_rays: rays rendered with an autograd graph at a time; bounds the renderer's
+            peak memory (smaller for GPUs with little memory).
+        deferred_backward: ``"auto"`` renders without graph and back-propagates the
+            image gradient chunk by chunk (:mod:`cfd3d.render.deferred`; exact, peak memory
+            independent of the image size) whenever a step's rays exceed ``chunk_rays``;
+            ``"always"`` or ``"never"`` force it.
         n_samples, n_importance: renderer samples per ray.
+        occupancy: an occupancy grid for empty-space skipping and early ray termination
+            (:mod:`cfd3d.render.occupancy`); ``None`` marches densely (every sample).
+        termination: with ``occupancy``, a ray stops once its transmittance falls below
+            this.
         shading: light settings; each step picks albedo / textureless / diffuse shading
             with probabilities ``p_albedo``, ``p_textureless`` and the rest.
         p_albedo, p_textureless: see ``shading``.
@@ -63,6 +80,12 @@ class GenerateConfig:
             ``"environment"`` map.
         field: ``"voxel"`` (dense grid, fastest on a CPU) or ``"nerf"`` (hash grid).
         voxel, nerf: the fields' parameters.
+        init_from: start the field (and a learned environment map) from an earlier run
+            instead of the initial blob: a finished run's folder (its final checkpoint)
+            or a checkpoint file; a relative path is relative to this run's output
+            folder. A later stage of a pipeline starts from the previous stage this
+            way; a voxel grid of another resolution is resampled trilinearly
+            (:mod:`cfd3d.generate.pipeline`). ``None``: start afresh.
         lr: Adam learning rate of the grid parameters (voxel values, hash tables).
         lr_mlp: Adam learning rate of MLPs and the environment map.
         betas: Adam betas.
@@ -98,8 +121,13 @@ class GenerateConfig:
     cameras: CameraSamplerConfig = dataclasses.field(default_factory=CameraSamplerConfig)
     views_per_step: int = 2
     render_size: int = 32
+    render_schedule: tuple[tuple[int, int], ...] = ()
+    chunk_rays: int = 16384
+    deferred_backward: str = "auto"
     n_samples: int = 64
     n_importance: int = 0
+    occupancy: OccupancyConfig | None = None
+    termination: float = 1e-4
     shading: ShadingConfig = dataclasses.field(
         default_factory=lambda: ShadingConfig(
             mode="diffuse", ambient=0.35, diffuse=0.65, light_jitter=0.3
@@ -111,6 +139,7 @@ class GenerateConfig:
     field: str = "voxel"
     voxel: VoxelGridConfig = dataclasses.field(default_factory=VoxelGridConfig)
     nerf: NeRFConfig = dataclasses.field(default_factory=NeRFConfig)
+    init_from: str | None = None
     lr: float = 0.05
     lr_mlp: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.99)
@@ -150,6 +179,7 @@ class GenerateConfig:
             "steps": self.steps,
             "views_per_step": self.views_per_step,
             "render_size": self.render_size,
+            "chunk_rays": self.chunk_rays,
             "n_samples": self.n_samples,
             "checkpoint_every": self.checkpoint_every,
             "keep_checkpoints": self.keep_checkpoints,
@@ -162,6 +192,26 @@ class GenerateConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value}")
+        if self.deferred_backward not in DEFERRED_MODES:
+            raise ConfigError(
+                f"unknown deferred_backward '{self.deferred_backward}'; valid: "
+                f"{', '.join(DEFERRED_MODES)}"
+            )
+        previous = 0
+        for entry in self.render_schedule:
+            step, size = entry
+            if step <= previous or size < 1:
+                raise ConfigError(
+                    "render_schedule must be (step, size) pairs with increasing steps >= 1 "
+                    f"and sizes >= 1, got {self.render_schedule}"
+                )
+            previous = step
+        if self.init_from is not None and not self.init_from.strip():
+            raise ConfigError("init_from is empty; give a run folder or checkpoint, or null")
+        if not 0.0 < self.termination < 1.0:
+            raise ConfigError(
+                f"termination must lie strictly between 0 and 1, got {self.termination}"
+            )
         if self.perp_neg < 0.0:
             raise ConfigError(f"perp_neg must be >= 0 (0 turns it off), got {self.perp_neg}")
         if self.guidance_scale < 0.0 or self.lr <= 0.0 or self.lr_mlp <= 0.0:
@@ -178,6 +228,26 @@ class GenerateConfig:
             )
         for fmt in self.formats:
             check_format(fmt)
+
+    def render_size_at(self, step: int) -> int:
+        """The render resolution of ``step`` (``render_size``, then ``render_schedule``)."""
+        size = self.render_size
+        for start, scheduled in self.render_schedule:
+            if step >= start:
+                size = scheduled
+        return size
+
+    def defers_backward(self, size: int) -> bool:
+        """Whether a step at render ``size`` back-propagates through a deferred render
+        (``deferred_backward``; ``"auto"``: when its rays exceed ``chunk_rays``)."""
+        if self.deferred_backward == "auto":
+            return self.views_per_step * size * size > self.chunk_rays
+        return self.deferred_backward == "always"
+
+    @property
+    def render_sizes(self) -> tuple[int, ...]:
+        """Every render resolution the run uses."""
+        return (self.render_size, *(size for _, size in self.render_schedule))
 
     @property
     def field_bound(self) -> float:
@@ -220,18 +290,22 @@ def _cpu_demo(prompt: str) -> GenerateConfig:
 
 
 def _sd_stage1(prompt: str) -> GenerateConfig:
-    """The paper's stage 1 with Stable Diffusion 2.1-base on a GPU (see DESIGN.md)."""
+    """The paper's stage 1 with Stable Diffusion 2.1-base on a GPU (see DESIGN.md): 128²
+    renders, then 512² from step 5k, with empty-space skipping; 512² steps back-propagate
+    through a deferred render, so peak render memory is one chunk of rays."""
     return GenerateConfig(
         prompt=prompt,
-        prior="stabilityai/stable-diffusion-2-1-base",
+        prior="sd",
         preset="sd-stage1",
         steps=25000,
         guidance_scale=70.0,
         negative_prompt=_SD_NEGATIVE,
         views_per_step=1,
         render_size=128,
+        render_schedule=((5000, 512),),
         n_samples=64,
         n_importance=0,
+        occupancy=OccupancyConfig(),
         shading=ShadingConfig(mode="diffuse", ambient=0.2, diffuse=0.8, light_jitter=0.5),
         p_albedo=0.2,
         p_textureless=0.2,
@@ -248,13 +322,14 @@ def _sd_stage1(prompt: str) -> GenerateConfig:
 
 
 def _sd_low_vram(prompt: str) -> GenerateConfig:
-    """Stage 1 for GPUs with little memory: offloaded float16 SD, 64² renders, smaller grid."""
+    """Stage 1 for GPUs with little memory: offloaded float16 SD, the same 128² -> 512²
+    renders in chunks of 4096 rays, a smaller hash grid."""
     base = _sd_stage1(prompt)
     return replace(
         base,
         preset="sd-low-vram",
         low_vram=True,
-        render_size=64,
+        chunk_rays=4096,
         nerf=NeRFConfig(encoding=HashGridConfig(log2_table_size=16, max_resolution=256)),
     )
 
@@ -264,7 +339,7 @@ def _sd_cpu(prompt: str) -> GenerateConfig:
     that checks a checkpoint end to end; real assets need a GPU and ``sd-stage1``."""
     return GenerateConfig(
         prompt=prompt,
-        prior="stabilityai/stable-diffusion-2-1-base",
+        prior="sd",
         preset="sd-cpu",
         steps=200,
         guidance_scale=7.5,

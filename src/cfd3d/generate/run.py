@@ -6,6 +6,10 @@ A step is the data flow of DESIGN.md, left to right::
         -> gradient w(t) (eps_hat(alpha z + sigma eps~, t, y) - eps~) on z
         -> loss with that gradient -> backward -> Adam step -> SDE refresh of the noise
 
+Large renders take the same path with deferred back-propagation (render without graph,
+back-propagate the image gradient chunk by chunk: :mod:`cfd3d.render.deferred`), and an
+optional occupancy grid, refreshed at the start of a step, skips empty space.
+
 CFD, SDS and FSD share it; they differ only in the noise source, the timestep schedule
 and ``w(t)`` (:mod:`cfd3d.distill.methods`). Every random draw of step ``i`` comes from
 generators keyed by ``(seed, i)``, so a resumed run repeats an uninterrupted one exactly.
@@ -24,7 +28,7 @@ from cfd3d.distill.cfd import cfd_gradient
 from cfd3d.distill.gamma import gamma_at
 from cfd3d.distill.loss import gradient_loss
 from cfd3d.distill.timesteps import timestep_fraction
-from cfd3d.errors import UserError
+from cfd3d.errors import ConfigError, UserError
 from cfd3d.generate.config import GenerateConfig, config_to_dict
 from cfd3d.io import atomic_torch_save
 from cfd3d.noise import make_noise
@@ -37,6 +41,8 @@ from cfd3d.render import (
     SolidBackground,
     VolumeRenderer,
 )
+from cfd3d.render.deferred import render_deferred
+from cfd3d.render.occupancy import OccupancyGrid
 from cfd3d.render.shading import ShadingConfig
 from cfd3d.render.types import RenderOutput
 from cfd3d.scene.cameras import Cameras
@@ -45,6 +51,7 @@ from cfd3d.scene.sampling import VIEW_LABELS, sample_cameras, view_labels
 from cfd3d.scene.voxel import VoxelGridField
 
 _STEP_STREAM = 0x5EED_0001
+_OCCUPANCY_STREAM = 0x5EED_0002
 
 
 @dataclass
@@ -97,9 +104,21 @@ class Run:
                 n_samples=config.n_samples,
                 n_importance=config.n_importance,
                 shading=config.shading,
+                chunk_rays=config.chunk_rays,
+                termination=config.termination,
             )
         )
+        self.occupancy: OccupancyGrid | None = None
+        if config.occupancy is not None:
+            self.occupancy = OccupancyGrid(config.occupancy, config.field_bound).to(self.device)
         assert config.noise is not None and config.timesteps is not None
+        _, noise_h, noise_w = prior.input_shape
+        for size in config.render_sizes:
+            if size % noise_h or size % noise_w:
+                raise ConfigError(
+                    f"render size {size} must be a multiple of the prior's noise size "
+                    f"{noise_h}x{noise_w}; change render_size / render_schedule"
+                )
         self.noise = make_noise(config.noise, prior.input_shape)
         self.optimizer = torch.optim.Adam(self._param_groups(), betas=config.betas, eps=1e-15)
         self.step = 0
@@ -192,21 +211,53 @@ class Run:
             shading=shading,
             background=background or self.background,
             generator=generator,
+            occupancy=self.occupancy,
         )
+
+    def _clock(self) -> float:
+        """Seconds, after the device has finished its queued work (true phase timings on
+        asynchronous devices such as CUDA)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     def take_step(self) -> StepResult:
         """One optimisation step (or a skipped one, for non-finite gradients)."""
         c, i = self.config, self.step
-        tic = time.perf_counter()
+        tic = self._clock()
+        if self.occupancy is not None:
+            self.occupancy.update(
+                self.field.density,  # type: ignore[attr-defined]
+                i,
+                torch.Generator().manual_seed((c.seed * 1_000_003 + i) ^ _OCCUPANCY_STREAM),
+            )
         gen = step_generator(c.seed, i)
         cameras = sample_cameras(c.cameras, c.views_per_step, gen)
         shading = self.shading_for(gen)
-        out = self.render(cameras, c.render_size, shading, gen)
-        t_render = time.perf_counter()
+        size = c.render_size_at(i)
+        deferred = None
+        if c.defers_backward(size):
+            deferred = render_deferred(
+                self.renderer,
+                self.field,
+                cameras.to(self.device),
+                size,
+                size,
+                shading=shading,
+                background=self.background,
+                generator=gen,
+                chunk_rays=c.chunk_rays,
+                occupancy=self.occupancy,
+            )
+            out = deferred.output
+            image = out.rgb.detach().requires_grad_(True)
+        else:
+            out = self.render(cameras, size, shading, gen)
+            image = out.rgb
+        t_render = self._clock()
         eps_tilde = self.noise(out, cameras, i).to(self.device)
-        t_noise = time.perf_counter()
-        rgb = out.rgb.permute(0, 3, 1, 2)
-        z = self.prior.encode(rgb)
+        t_noise = self._clock()
+        z = self.prior.encode(image.permute(0, 3, 1, 2))
         fraction = timestep_fraction(c.timesteps, i, c.steps, c.seed)  # type: ignore[arg-type]
         t = self.prior.schedule.index(fraction)
         t_batch = torch.full((len(cameras),), int(t), dtype=torch.long, device=self.device)
@@ -219,10 +270,13 @@ class Run:
             eps_tilde.to(z.dtype),
             c.weighting,  # type: ignore[arg-type]
         )
-        t_prior = time.perf_counter()
+        t_prior = self._clock()
         loss = gradient_loss(z, grad)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if deferred is not None:
+            assert image.grad is not None
+            deferred.backward(image.grad)
         finite = math.isfinite(float(loss.detach())) and all(
             bool(torch.isfinite(p.grad).all())
             for group in self.optimizer.param_groups
@@ -236,7 +290,7 @@ class Run:
             self.optimizer.zero_grad(set_to_none=True)
             self.bad_steps += 1
         self.noise.refresh(gamma_at(i, c.steps, c.gamma_start, c.gamma_end))
-        t_end = time.perf_counter()
+        t_end = self._clock()
         self.step = i + 1
         return StepResult(
             step=i,
@@ -264,6 +318,8 @@ class Run:
         }
         if isinstance(self.background, torch.nn.Module):
             state["background"] = self.background.state_dict()
+        if self.occupancy is not None:
+            state["occupancy"] = self.occupancy.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -272,6 +328,8 @@ class Run:
         self.noise.load_state_dict(state["noise"])
         if isinstance(self.background, torch.nn.Module):
             self.background.load_state_dict(state["background"])
+        if self.occupancy is not None:
+            self.occupancy.load_state_dict(state["occupancy"])
         self.step = int(state["step"])
         self.bad_steps = int(state["bad_steps"])
 

@@ -275,7 +275,12 @@ def single_file_defaults(path: Path, layout: str) -> tuple[str, int]:
     return ("v_prediction" if v else "epsilon"), (768 if big else 512)
 
 
-def _check_layout(folder: Path, model: str) -> Path:
+def check_diffusers_folder(folder: Path, model: str) -> Path:
+    """``folder`` if it holds a diffusers Stable Diffusion pipeline with every component.
+
+    Raises:
+        UserError: one line saying what is missing or unsupported (``model`` names it).
+    """
     index = folder / "model_index.json"
     if not index.is_file():
         raise UserError(
@@ -410,7 +415,7 @@ class StableDiffusionPrior(Prior):
         if source.is_file():
             self._assemble(config, **_single_file_modules(source, config))
             return
-        folder = _check_layout(source, str(source))
+        folder = check_diffusers_folder(source, str(source))
         _, dtype = _device_and_dtype(config)
         scheduler_config = json.loads(
             next((folder / "scheduler").glob("scheduler_config.json")).read_text()
