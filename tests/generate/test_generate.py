@@ -118,9 +118,8 @@ def test_the_exported_mesh_is_the_distilled_object(interior, tmp_path):
 
 @pytest.mark.parametrize("preset", ["sd-stage1", "sd-low-vram", "sd-cpu"])
 def test_stable_diffusion_presets_run_two_steps_on_the_cpu(preset, sd_folder, tmp_path, capsys):
-    # Renders at 64² (sd-stage1 uses 128²) with albedo shading: the NeRF's backward at 128²
-    # with diffuse shading (normals by central differences) needs more memory than the CI
-    # machine has, and takes a minute a step here; everything else is the preset's.
+    # Renders at 64² (sd-stage1 uses 128², then 512²) with albedo shading to keep the test
+    # to seconds on a 2-core CPU; everything else is the preset's (occupancy grid included).
     cfg = write_config(
         tmp_path / "c.json",
         preset,

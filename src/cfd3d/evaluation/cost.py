@@ -62,7 +62,7 @@ from cfd3d.evaluation.memory import SavedTensorsMeter
 from cfd3d.evaluation.render_cost import render_and_backward
 from cfd3d.generate.config import GenerateConfig
 from cfd3d.render.shading import ShadingConfig
-from cfd3d.render.volume import RendererConfig, VolumeRenderer
+from cfd3d.render.volume import VolumeRenderer
 from cfd3d.scene.nerf import NeRFField
 from cfd3d.scene.sampling import sample_cameras
 from cfd3d.scene.voxel import VoxelGridField
@@ -352,15 +352,7 @@ def measure_render(
         max_size: the image side never exceeds this (the run's largest).
     """
     field = _make_field(config, device)
-    renderer = VolumeRenderer(
-        RendererConfig(
-            bound=config.field_bound,
-            n_samples=config.n_samples,
-            n_importance=config.n_importance,
-            shading=config.shading,
-            chunk_rays=config.chunk_rays,
-        )
-    )
+    renderer = VolumeRenderer(config.renderer_config())
     shading: ShadingConfig = replace(config.shading, mode=mode)  # type: ignore[arg-type]
     n_views = config.cameras.views_per_group
     generator = torch.Generator().manual_seed(config.seed)

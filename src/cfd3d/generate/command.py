@@ -619,8 +619,9 @@ def add_generate_command(subparsers: argparse._SubParsersAction) -> None:
             "Distillation (or SDS / FSD on the same code path) and export a GLB mesh, a "
             "turntable MP4/GIF and a preview grid. The default is the embedded toy-world "
             "prior on the CPU (try 'a red cube' or 'a blue torus'; 'cfd3d prior-vocab' lists "
-            "its words); pass a Stable Diffusion hub id or diffusers folder as --prior on a "
-            "GPU. Runs checkpoint as they go: continue an interrupted one with --resume. "
+            "its words); pass a Stable Diffusion model (folder, single file, hub id, or 'sd' for "
+            "$CFD3D_SD_MODEL) as --prior on a GPU. Runs checkpoint as they go: continue an "
+            "interrupted one with --resume. "
             "--pipeline runs named stages in one --out folder (stage1/, stage2/, ... each a "
             "full run folder; the last stage's mesh, turntable and preview copied to the top), "
             "each stage's field starting from the previous stage's result."
@@ -631,8 +632,10 @@ def add_generate_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--prior",
         default=None,
-        help="'embedded' (default) or a Stable Diffusion hub id / diffusers folder "
-        "(e.g. stabilityai/stable-diffusion-2-1-base)",
+        help="'embedded' (default); 'sd' for the Stable Diffusion model in $CFD3D_SD_MODEL; "
+        "or a diffusers folder, a single .safetensors/.ckpt checkpoint (SD 1.x/2.x, or "
+        "MVDream) or a hub id (a mirror: stabilityai/stable-diffusion-2-1-base was "
+        "withdrawn from the hub)",
     )
     p.add_argument(
         "--prior-mv",

@@ -23,6 +23,7 @@ from cfd3d.export.formats import check_format
 from cfd3d.noise.config import NoiseConfig
 from cfd3d.render.occupancy import OccupancyConfig
 from cfd3d.render.shading import ShadingConfig
+from cfd3d.render.volume import RendererConfig
 from cfd3d.scene.encoding import HashGridConfig
 from cfd3d.scene.nerf import NeRFConfig
 from cfd3d.scene.sampling import CameraSamplerConfig, ViewLabelConfig
@@ -248,6 +249,17 @@ class GenerateConfig:
     def render_sizes(self) -> tuple[int, ...]:
         """Every render resolution the run uses."""
         return (self.render_size, *(size for _, size in self.render_schedule))
+
+    def renderer_config(self) -> RendererConfig:
+        """The volume renderer this run renders with."""
+        return RendererConfig(
+            bound=self.field_bound,
+            n_samples=self.n_samples,
+            n_importance=self.n_importance,
+            shading=self.shading,
+            chunk_rays=self.chunk_rays,
+            termination=self.termination,
+        )
 
     @property
     def field_bound(self) -> float:

@@ -37,7 +37,6 @@ from cfd3d.priors.prompts import view_prompt
 from cfd3d.render import (
     EnvironmentMap,
     RandomColorBackground,
-    RendererConfig,
     SolidBackground,
     VolumeRenderer,
 )
@@ -98,16 +97,7 @@ class Run:
             self.field = NeRFField(config.nerf, generator=seed_gen)
         self.field.to(self.device)
         self.background = self._make_background()
-        self.renderer = VolumeRenderer(
-            RendererConfig(
-                bound=config.field_bound,
-                n_samples=config.n_samples,
-                n_importance=config.n_importance,
-                shading=config.shading,
-                chunk_rays=config.chunk_rays,
-                termination=config.termination,
-            )
-        )
+        self.renderer = VolumeRenderer(config.renderer_config())
         self.occupancy: OccupancyGrid | None = None
         if config.occupancy is not None:
             self.occupancy = OccupancyGrid(config.occupancy, config.field_bound).to(self.device)

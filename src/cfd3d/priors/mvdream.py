@@ -56,6 +56,7 @@ import torch
 from cfd3d.diffusion.schedule import NoiseSchedule, make_schedule
 from cfd3d.errors import ConfigError, UserError
 from cfd3d.priors.base import Prior
+from cfd3d.priors.tokenizers import embed_prompts
 
 CAMERA_DIM = 16
 """Length of MVDream's camera condition: a flattened 4x4 matrix."""
@@ -341,16 +342,8 @@ class MVDreamPrior(Prior):
     def device(self) -> torch.device:
         return self._device
 
-    @torch.no_grad()
     def embed(self, prompts: Sequence[str]) -> torch.Tensor:
-        tokens = self.tokenizer(
-            list(prompts),
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        return self.text_encoder(tokens.input_ids.to(self.device))[0]
+        return embed_prompts(self.tokenizer, self.text_encoder, prompts, self.device)
 
     def eps(
         self,

@@ -25,26 +25,17 @@ from typing import Any, Literal
 
 import torch
 
+from cfd3d.priors.tokenizers import byte_alphabet
+
 Preset = Literal["tiny", "small", "sd21-base", "tiny-sd1", "tiny-sd2"]
 PRESETS: tuple[str, ...] = ("tiny", "small", "sd21-base", "tiny-sd1", "tiny-sd2")
-
-
-def _byte_level_alphabet() -> list[str]:
-    """The 256 printable stand-ins that byte-level BPE uses for raw bytes."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    codes, extra = list(printable), 0
-    for byte in range(256):
-        if byte not in printable:
-            codes.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in codes]
 
 
 def write_char_tokenizer(folder: Path, max_length: int) -> int:
     """A character-level CLIP tokenizer (no merges); returns its vocabulary size."""
     vocab: dict[str, int] = {}
     for suffix in ("", "</w>"):
-        for char in _byte_level_alphabet():
+        for char in byte_alphabet():
             vocab[char + suffix] = len(vocab)
     for special in ("<|startoftext|>", "<|endoftext|>"):
         vocab[special] = len(vocab)

@@ -43,6 +43,7 @@ from cfd3d.diffusion.schedule import NoiseSchedule, make_schedule
 from cfd3d.errors import ConfigError, UserError
 from cfd3d.priors.base import Prior
 from cfd3d.priors.ldm import SINGLE_FILE_SUFFIXES
+from cfd3d.priors.tokenizers import embed_prompts
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
 """The documented default; withdrawn from the hub (Nov 2025), used only from the cache."""
@@ -526,16 +527,8 @@ class StableDiffusionPrior(Prior):
     def device(self) -> torch.device:
         return self._device
 
-    @torch.no_grad()
     def embed(self, prompts: Sequence[str]) -> torch.Tensor:
-        tokens = self.tokenizer(
-            list(prompts),
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        return self.text_encoder(tokens.input_ids.to(self.device))[0]
+        return embed_prompts(self.tokenizer, self.text_encoder, prompts, self.device)
 
     def eps(
         self,

@@ -14,8 +14,11 @@ import functools
 import gzip
 import json
 import tempfile
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+
+import torch
 
 VOCAB_ASSET = "bpe_simple_vocab_16e6.txt.gz"
 NUM_MERGES = 49152 - 256 - 2
@@ -86,3 +89,24 @@ def clip_tokenizer(pad_token: str = SD1_PAD, max_length: int = 77):
     with tempfile.TemporaryDirectory(prefix="cfd3d-clip-tokenizer-") as tmp:
         folder = write_clip_tokenizer(Path(tmp), pad_token, max_length)
         return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+def embed_prompts(tokenizer, text_encoder, prompts: Sequence[str], device) -> torch.Tensor:
+    """``(B, max_length, D)`` text-encoder states of ``prompts``, padded to the tokenizer's
+    ``model_max_length`` (Stable Diffusion's and MVDream's conditioning), without gradient.
+
+    Args:
+        tokenizer: a ``CLIPTokenizer``.
+        text_encoder: a ``CLIPTextModel``.
+        prompts: ``B`` prompts.
+        device: where the text encoder runs.
+    """
+    tokens = tokenizer(
+        list(prompts),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
+    with torch.no_grad():
+        return text_encoder(tokens.input_ids.to(device))[0]
