@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import sys
 import time
@@ -68,6 +67,7 @@ from cfd3d.distill.gamma import gamma_at
 from cfd3d.distill.loss import gradient_loss
 from cfd3d.distill.timesteps import TimestepSchedule, timestep_fraction
 from cfd3d.errors import ConfigError, UserError
+from cfd3d.evaluation.render_cost import peak_memory_mb
 from cfd3d.noise import NoiseConfig, make_noise
 from cfd3d.priors.sd_random import Preset, build_random_components
 from cfd3d.priors.stable_diffusion import StableDiffusionConfig, StableDiffusionPrior, low_vram
@@ -169,13 +169,6 @@ def build_prior(
         tokenizer=parts.tokenizer,
         scheduler_config=dict(parts.scheduler.config),
     )
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak CUDA memory allocated, or the process's peak resident set size on the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
 def run(args: argparse.Namespace) -> int:
