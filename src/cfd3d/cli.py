@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cfd3d.doctor import add_doctor_command
 
     add_doctor_command(sub)
+    from cfd3d.batch.command import add_batch_command
+
+    add_batch_command(sub)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Many runs at once: a plan of runs, executed on Dask distributed, indexed."""
