@@ -11,8 +11,12 @@ STAMP := $(VENV)/.cfd3d-installed
 GLTF := tools/gltf-validator
 GLTF_STAMP := $(GLTF)/node_modules/.cfd3d-installed
 HAVE_NPM := $(shell command -v npm 2>/dev/null)
+# Debian's chromium runs the web app's browser test (tests/serve/test_browser.py); `make test`
+# installs it with apt-get where that exists and chromium does not.
+HAVE_APT := $(shell command -v apt-get 2>/dev/null)
+HAVE_CHROMIUM := $(shell command -v chromium 2>/dev/null || command -v chromium-browser 2>/dev/null)
 
-.PHONY: demo test lint format clean-venv
+.PHONY: demo test lint format clean-venv browser
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,10 +36,29 @@ ifdef HAVE_NPM
 test: $(GLTF_STAMP)
 test: export CFD3D_REQUIRE_GLTF_VALIDATOR := 1
 endif
+ifdef HAVE_APT
+ifndef HAVE_CHROMIUM
+test: browser
+endif
+endif
+# Where chromium is present or can be installed (root with apt-get), the browser test must
+# run: CFD3D_REQUIRE_BROWSER turns its skip into a failure.
+IS_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo 1)
+ifneq ($(HAVE_CHROMIUM)$(and $(HAVE_APT),$(IS_ROOT)),)
+test: export CFD3D_REQUIRE_BROWSER := 1
+endif
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest -q
+
+# As root (CI containers) or with password-less sudo; otherwise the browser test skips.
+browser:
+	@if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	else echo "note: installing chromium needs root (apt-get install chromium); the browser" \
+	"test will be skipped"; exit 0; fi; \
+	$$SUDO apt-get update -qq && \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

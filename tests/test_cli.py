@@ -33,7 +33,7 @@ def test_image_command_is_reproducible(tmp_path):
 
 
 BAD_INPUTS = [
-    (["--method", "vsd"], "unknown method 'vsd'"),
+    (["--method", "dds"], "unknown method 'dds'"),
     (["--prior", "nope"], "unknown prior 'nope'"),
     (["--schedule", "cubic"], "unknown timestep schedule 'cubic'"),
     (["--steps", "0"], "--steps must be a positive integer"),
@@ -89,7 +89,7 @@ def test_console_script_exit_code_without_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == "error: unknown method 'bad'; valid: cfd, sds, fsd"
+    assert proc.stderr.strip() == "error: unknown method 'bad'; valid: cfd, sds, fsd, vsd, ism, sdi"
 
 
 class _no_raise:
@@ -112,3 +112,70 @@ def test_atomic_writes_get_the_usual_permissions(tmp_path):
         os.umask(mask)
     assert path.read_bytes() == b"x"
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def _one_line_exit_2(args: list[str], capsys) -> str:
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize("existing", [True, False], ids=["existing-folder", "no-suffix"])
+def test_sample_refuses_a_folder_as_out_and_creates_nothing(existing, tmp_path, capsys):
+    out = tmp_path / "samples"
+    if existing:
+        out.mkdir()
+    err = _one_line_exit_2(["sample", "a red cube", "-n", "1", "--out", str(out)], capsys)
+    assert ".png" in err
+    assert out.exists() == existing and (not existing or not any(out.iterdir()))
+
+
+def test_sample_refuses_odd_text(tmp_path, capsys):
+    err = _one_line_exit_2(
+        ["sample", "a red \udcff cube", "-n", "1", "--out", str(tmp_path / "s.png")], capsys
+    )
+    assert "UTF-8" in err
+    err = _one_line_exit_2(
+        ["sample", "a red cube 2", "-n", "1", "--out", str(tmp_path / "s.png")], capsys
+    )
+    assert "'2'" in err and "character" in err
+
+
+def test_train_prior_refuses_a_checkpoint_of_another_seed(tmp_path, capsys):
+    """A seed-1 command must not resume (and relabel) a seed-0 run in the same --work."""
+    from dataclasses import asdict, replace
+
+    import torch
+
+    from cfd3d.priors.embedded.training import TrainConfig
+
+    work = tmp_path / "work"
+    work.mkdir()
+    seed0 = replace(TrainConfig(seed=0), steps=1, dataset_size=2)
+    torch.save({"config": asdict(seed0), "step": 1}, work / "checkpoint.pt")
+    args = ["train-prior", "--steps", "1", "--dataset-size", "2", "--work", str(work)]
+    err = _one_line_exit_2([*args, "--seed", "1", "--out", str(tmp_path / "w.st")], capsys)
+    assert "seed 0, not 1" in err and "--work" in err
+    assert not (tmp_path / "w.st").exists()
+
+
+def test_a_full_disk_anywhere_is_one_line(capsys):
+    import errno
+    import os
+
+    from cfd3d.cli import guarded
+
+    def full():
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/x.bin")
+
+    assert guarded(full) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "disk is full" in err and "/data/x.bin" in err
+
+    def bug():
+        raise OSError(errno.EACCES, "a bug keeps its traceback")
+
+    with pytest.raises(OSError):
+        guarded(bug)

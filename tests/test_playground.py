@@ -60,7 +60,7 @@ def test_cfd_covers_modes_while_sds_does_not():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"method": "vsd"}, "unknown method 'vsd'; valid: cfd, sds, fsd"),
+        ({"method": "dds"}, "unknown method 'dds'; valid: cfd, sds, fsd, vsd, ism, sdi"),
         ({"prior": "sd9"}, "unknown prior 'sd9'; valid: embedded, gmm"),
         ({"steps": 0}, "--steps must be a positive integer"),
         ({"gamma": 1.5}, r"gamma must be in \[0, 1\]"),

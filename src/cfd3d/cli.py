@@ -1,7 +1,8 @@
 """The ``cfd3d`` command line.
 
 Each subcommand lives in a small ``_cmd_*`` function; errors a user can cause
-(:class:`cfd3d.errors.UserError`) become one line on stderr and exit code 2.
+(:class:`cfd3d.errors.UserError`, and a full disk) become one line on stderr and exit code
+2. A run stopped by a signal exits with ``128 + signum`` (130 for Ctrl-C, 143 for SIGTERM).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from cfd3d import __version__
-from cfd3d.errors import UserError
+from cfd3d.errors import StoppedBySignal, UserError
+from cfd3d.io import disk_full
 
 EXIT_USAGE = 2
 
@@ -24,11 +26,25 @@ class _Parser(argparse.ArgumentParser):
 
 
 def guarded(fn: Callable[[], int | None]) -> int:
-    """Run ``fn``; turn a :class:`UserError` into one line on stderr and exit code 2."""
+    """Run ``fn``; turn a :class:`UserError` or a full disk into one line on stderr and exit
+    code 2, a clean stop on a signal into ``128 + signum``."""
     try:
         return fn() or 0
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StoppedBySignal as exc:
+        print(str(exc), file=sys.stderr)
+        return 128 + exc.signum
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
+        name = f" '{exc.filename}'" if exc.filename else ""
+        print(
+            f"error: the disk is full: cannot write{name} ({exc.strerror}); free some space "
+            "and run the command again",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -57,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cfd3d.batch.command import add_batch_command
 
     add_batch_command(sub)
+    from cfd3d.serve.command import add_serve_command
+
+    add_serve_command(sub)
     return parser
 
 

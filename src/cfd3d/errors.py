@@ -16,3 +16,17 @@ class ConfigError(UserError, ValueError):
 
 class OutputError(UserError, OSError):
     """An output location that cannot be written or would overwrite something."""
+
+
+class StoppedBySignal(Exception):
+    """A run that stopped cleanly on a signal (Ctrl-C, SIGTERM, SIGHUP) after writing its
+    checkpoint; the CLI prints the message and exits with ``128 + signum``.
+
+    Args:
+        signum: the signal's number.
+        message: one line: where the run stopped and how to continue it.
+    """
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum

@@ -24,7 +24,7 @@ from cfd3d.diffusion.samplers import ddim_timesteps
 from cfd3d.distill.cfd import cfd_gradient
 from cfd3d.distill.fsd import fsd_gradient
 from cfd3d.distill.loss import gradient_loss
-from cfd3d.distill.methods import METHODS, get_method
+from cfd3d.distill.methods import METHODS, get_method, make_rule
 from cfd3d.distill.sds import sds_gradient
 from cfd3d.distill.timesteps import TIMESTEP_KINDS, TimestepSchedule, timestep_fraction
 from cfd3d.distill.weighting import Weighting
@@ -42,7 +42,8 @@ class ImageConfig:
     Attributes:
         prompt: text prompt (the Gaussian-mixture prior knows a few fixed prompts).
         prior: prior name (see ``cfd3d.priors.registry.PRIORS``).
-        method: ``"cfd"``, ``"sds"`` or ``"fsd"``.
+        method: ``"cfd"``, ``"sds"``, ``"fsd"``, ``"vsd"``, ``"ism"`` or ``"sdi"`` (VSD
+            needs a prior with a network to copy, not the Gaussian mixture).
         steps: number of optimisation steps.
         seed: seed of the noise and of the timestep sampling.
         batch: number of independent images (trajectories) optimised together.
@@ -139,6 +140,7 @@ def optimise_images(
     keep = set(
         np.linspace(0, config.steps - 1, min(config.frames, config.steps)).round().astype(int)
     )
+    rule = make_rule(config.method, prior, config.seed) if method.rule != "clean_flow" else None
     frames = []
     for step in range(config.steps):
         if config.optimizer == "ode":
@@ -150,7 +152,10 @@ def optimise_images(
                 prior.schedule.index(timestep_fraction(schedule, step, config.steps, config.seed))
             )
         rule_args = (prior, z, t, condition, config.guidance_scale)
-        if config.method == "sds":
+        if rule is not None:
+            fresh = torch.randn(shape, generator=gen, dtype=dtype)
+            grad = rule.gradient(z, t, condition, config.guidance_scale, fresh, weighting, step)
+        elif config.method == "sds":
             grad = sds_gradient(*rule_args, generator=gen, weighting=weighting)
         elif config.method == "fsd":
             grad = fsd_gradient(*rule_args, view_noise=noise0, weighting=weighting)

@@ -1,4 +1,5 @@
-"""benchmarks/toyworld.py: its measures, its prompt reader, and a quick run (~20 s)."""
+"""benchmarks/toyworld.py: its measures, its prompt reader, and a quick run of every method
+(~25 s)."""
 
 import importlib.util
 import json
@@ -52,6 +53,41 @@ def test_iou_colour_and_diversity_on_synthetic_views():
     assert bench.diversity([truth, guess]) > 0.0
 
 
+def test_an_empty_result_is_a_colour_failure_and_counted():
+    full = torch.zeros(2, 8, 8)
+    full[:, 2:6, 2:6] = 1.0
+    red = torch.tensor(bench.COLORS["red"])
+    truth = _views(full, red)
+    prompt = bench.parse_prompt("a red cube")
+
+    def result(views, seed):
+        return bench.Result("cfd", prompt, seed, views, 0.5, 0.0, 1.0, 1.0, 1.0)
+
+    detail = bench.single_detail(
+        [result(truth, 1), result(_views(torch.zeros(2, 8, 8), red), 2)], truth
+    )
+    assert [s["color_err"] for s in detail["seeds"]] == [0.0, bench.EMPTY_COLOR_ERR]
+    assert detail["color_err"] == pytest.approx(0.5) and detail["empty_results"] == 1
+
+
+def test_a_perfect_samplers_mode_tv_band():
+    # the issue's figure: 8 samples of "a red object" (31 / 41 / 15 % ...) give TV 0.29 on
+    # average, 0.14-0.46 from 5 to 95 %
+    band = bench.sampler_tv_band(torch.tensor([0.31, 0.41, 0.15, 0.05, 0.04, 0.04]), 8)
+    assert 0.1 < band["p05"] < band["p50"] < band["p95"] < 0.5
+    assert bench.sampler_tv_band(torch.tensor([1.0, 0.0]), 8) == {"p05": 0, "p50": 0, "p95": 0}
+
+
+def test_ablation_rows_are_cfd_with_another_noise():
+    base = bench.preset_config(bench.PRESET, "a red cube")
+    for row, kind in bench.ABLATIONS.items():
+        config = bench.method_config(base, row, 7, 3)
+        assert config.method == "cfd" and config.noise.kind == kind and config.noise.seed == 7
+        cfd = bench.method_config(base, "cfd", 7, 3)
+        assert config.timesteps == cfd.timesteps and config.weighting == cfd.weighting
+    assert bench.method_config(base, "cfd", 7, 3).noise.kind == "integral"
+
+
 def test_total_variation_and_majority():
     p = bench.frequencies(torch.tensor([0, 0, 1, 2]), 4)
     assert p.tolist() == [0.5, 0.25, 0.25, 0.0]
@@ -66,8 +102,14 @@ def test_quick_run_prints_one_json_line_and_writes_docs(tmp_path, capsys):
     assert set(bench.METHODS) <= set(result)
     config = result["config"]
     assert config["quick"] and config["steps"] == 3 and config["prompts"] == ["a red cube"]
+    assert config["seeds_used"] == [bench.HELD_OUT_SEED] and config["held_out"]
+    assert set(result["prior_reference"]) == {"a red cube", *bench.UNDERSPECIFIED}
     for method in bench.METHODS:
         r = result[method]
+        assert r["probe_fid"] >= 0.0 and 0.0 <= r["probe_clip"] <= 1.0
+        assert r["empty_results"] >= 0
+        for d in r["per_prompt"].values():
+            assert d["probe_fid"] >= 0.0 and 0.0 <= d["probe_clip"] <= 1.0
         assert 0.0 <= r["mask_iou"] <= 1.0
         assert 0.0 <= r["mesh_iou"] <= 1.0
         assert 0.0 <= r["color_err"] <= 1.0
@@ -81,8 +123,17 @@ def test_quick_run_prints_one_json_line_and_writes_docs(tmp_path, capsys):
     assert result["cfd"]["noise_share"] > result["sds"]["noise_share"]  # integral vs fresh
     for text, freq in result["prior_classes"].items():
         assert sum(freq.values()) == pytest.approx(1.0, abs=1e-3), text
-    assert "| cfd |" in (tmp_path / "toyworld.md").read_text()
+    text = (tmp_path / "toyworld.md").read_text()
+    assert all(f"| {m} |" in text for m in bench.METHODS) and "probe FID" in text
     assert (tmp_path / "toyworld.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_consistency_ablation_adds_two_cfd_rows(capsys):
+    args = ["--quick", "--methods", "cfd", "--ablation", "--underspecified"]
+    assert bench.main(args) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"cfd", "cfd-fixed", "cfd-fresh"} <= set(result) and result["config"]["ablation"]
+    assert result["cfd-fixed"]["per_prompt"]["a red cube"]["mask_iou"] is not None
 
 
 def test_parallel_jobs_give_the_same_results_as_one_process(capsys):
@@ -116,6 +167,7 @@ def test_parallel_jobs_give_the_same_results_as_one_process(capsys):
         (["--seeds", "0"], "--seeds must be positive"),
         (["--jobs", "0"], "--jobs must be positive"),
         (["--methods", "dds"], "unknown method"),
+        (["--ablation", "--pipeline", "toy"], "--ablation runs the single-stage preset"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(capsys, extra, message):

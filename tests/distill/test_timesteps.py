@@ -59,8 +59,8 @@ def test_bad_schedules_are_config_errors():
 def test_methods_registry():
     assert get_method("cfd").timesteps.kind == "annealed"
     assert get_method("sds").noise == "fresh"
-    with pytest.raises(ConfigError, match="valid: cfd, sds, fsd"):
-        get_method("vsd")
+    with pytest.raises(ConfigError, match="valid: cfd, sds, fsd, vsd, ism, sdi"):
+        get_method("dds")
 
 
 def test_gamma_decays_geometrically_from_start_to_end():

@@ -64,6 +64,21 @@ def test_exported_glb_has_no_errors(tmp_path):
     assert report["info"]["totalTriangleCount"] == len(mesh.faces)
 
 
+def test_textured_glb_has_no_errors(tmp_path):
+    pytest.importorskip("xatlas")
+    from cfd3d.export.formats import mesh_files
+    from cfd3d.export.texture import textured_mesh
+
+    sphere = extract_mesh(lambda p: 10.0 * (0.6 - p.norm(dim=-1)), resolution=24, threshold=0.0)
+    mesh = textured_mesh(sphere, lambda p: (p + 1.0) / 2.0, 128, target_faces=500)
+    path = tmp_path / "textured.glb"
+    path.write_bytes(mesh_files(mesh, "glb", "model")["model.glb"])
+    report = validate(path)
+    assert report["issues"]["numErrors"] == 0, summary(report)
+    assert report["issues"]["numWarnings"] == 0, summary(report)
+    assert report["info"]["materialCount"] == 1 and report["info"]["hasTextures"]
+
+
 def test_validator_reports_a_broken_glb(tmp_path):
     """The check can fail: a GLB whose declared length disagrees with the file's."""
     mesh = extract_mesh(lambda p: 10.0 * (0.6 - p.norm(dim=-1)), resolution=8, threshold=0.0)

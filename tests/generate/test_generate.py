@@ -283,9 +283,15 @@ def _one_line_exit_2(args: list[str], capsys) -> str:
         (["generate", "   ", "--out", "{out}"], "empty"),
         (["generate", "a red dragon", "--out", "{out}"], "'dragon'"),
         (["generate", "a red cube", "--preset", "fast", "--out", "{out}"], "unknown preset"),
-        (["generate", "a red cube", "--method", "vsd", "--out", "{out}"], "unknown method"),
+        (["generate", "a red cube", "--method", "dds", "--out", "{out}"], "unknown method"),
         (["generate", "a red cube", "--formats", "stl", "--out", "{out}"], "stl"),
         (["generate", "a red cube", "--steps", "0", "--out", "{out}"], "steps"),
+        (["generate", "a red cube", "--device", "foo", "--out", "{out}"], "unknown device 'foo'"),
+        (["generate", "a red cube", "--prior", "gmm", "--out", "{out}"], "not a text-to-image"),
+        (["generate", "a red \udcff\udcfe cube", "--out", "{out}"], "not UTF-8"),
+        (["generate", "a red\x1b[2J cube", "--out", "{out}"], "control character \\x1b"),
+        (["generate", "a red cube 3", "--out", "{out}"], "character(s) '3'"),
+        (["generate", "a red cube", "--negative-prompt", "bad\nworse", "--out", "{out}"], "\\n"),
         (
             ["generate", "a red cube", "--config", "{out}/missing.json", "--out", "{out}"],
             "not found",
@@ -297,6 +303,7 @@ def test_bad_arguments_are_one_line_and_write_nothing(args, needle, tmp_path, ca
     err = _one_line_exit_2([a.replace("{out}", str(out)) for a in args], capsys)
     assert needle in err
     assert not out.exists()
+    assert len(err) < 300
     if "dragon" in needle:
         assert "cfd3d prior-vocab" in err
 
@@ -352,18 +359,118 @@ def test_resume_without_a_checkpoint(tmp_path, capsys):
     assert "nothing to resume" in err
 
 
-def test_resume_with_a_corrupt_checkpoint(finished_run, tmp_path, capsys):
+def test_resume_skips_a_truncated_checkpoint_for_the_previous_one(tmp_path, capsys):
+    cfg = write_config(tmp_path / "c.json", "cpu-demo", "a red cube", steps=4, checkpoint_every=2)
+    folder = tmp_path / "run"
+    assert main(["generate", "--config", str(cfg), "--out", str(folder), "-q"]) == 0
+    (folder / "summary.json").unlink()
+    newest = folder / "checkpoints" / "step_000004.pt"
+    whole = newest.read_bytes()
+    newest.write_bytes(whole[: len(whole) // 2])
+    code, err = run_cli(["generate", "--resume", "--out", str(folder), "-q"], capsys)
+    assert code == 0, err
+    assert f"skipped checkpoint '{newest}'" in err and "SHA-256" in err
+    assert newest.read_bytes() == whole  # steps 2-4 taken again from step_000002.pt
+    check_outputs(folder, 4)
+
+
+def test_resume_with_a_config_but_no_checkpoint_starts_at_step_0(finished_run, tmp_path, capsys):
+    """A run stopped before its first checkpoint is not lost: config.json is enough."""
+    folder = tmp_path / "early"
+    folder.mkdir()
+    (folder / "config.json").write_bytes((finished_run / "config.json").read_bytes())
+    code, err = run_cli(["generate", "--resume", "--out", str(folder), "-q"], capsys)
+    assert code == 0, err
+    check_outputs(folder, 2)
+    final = "checkpoints/step_000002.pt"
+    assert (folder / final).read_bytes() == (finished_run / final).read_bytes()
+
+
+def test_a_very_long_run_prints_its_estimate_and_stops_cleanly(tmp_path, capsys, monkeypatch):
+    from cfd3d.generate.run import Run
+
+    cfg = write_config(tmp_path / "c.json", "cpu-demo", "a red cube", steps=2)
+    out = tmp_path / "run"
+    original = Run.take_step
+
+    def interrupted(self):
+        if self.step == 4:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Run, "take_step", interrupted)
+    args = ["generate", "--config", str(cfg), "--steps", "10000000", "--out", str(out), "-q"]
+    code, err = run_cli(args, capsys)
+    assert code == 130
+    warning = next(line for line in err.splitlines() if line.startswith("warning:"))
+    assert "9999997 steps to go take about" in warning and " h on cpu" in warning
+    assert "SIGTERM" in warning and "--resume" in warning
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step_000004.pt"]
+
+
+def test_a_short_run_prints_no_estimate(finished_run, tmp_path, capsys):
+    cfg = write_config(tmp_path / "c.json", "cpu-demo", "a red cube", steps=5)
+    code, err = run_cli(["generate", "--config", str(cfg), "--out", str(tmp_path / "r")], capsys)
+    assert code == 0 and "warning" not in err
+
+
+def test_resume_with_steps_continues_a_finished_run_deterministically(tmp_path, capsys):
+    """--resume --steps 8 on a finished 4-step run: steps 0-3 stay, steps 4-7 follow the
+    annealed schedule defined for 8 steps; two copies end bit-identical."""
     import shutil
 
-    folder = tmp_path / "corrupt"
-    shutil.copytree(finished_run, folder)
-    (folder / "summary.json").unlink()
-    newest = list_checkpoints(folder / "checkpoints")[-1]
-    newest.write_bytes(b"not a checkpoint")
-    before = snapshot(folder)
-    err = _one_line_exit_2(["generate", "--resume", "--out", str(folder)], capsys)
-    assert "unreadable" in err and newest.name in err
-    assert snapshot(folder) == before
+    from cfd3d.distill.timesteps import PAPER_KNOTS, TimestepSchedule, timestep_fraction
+    from cfd3d.priors.registry import load_prior
+
+    schedule = TimestepSchedule(kind="annealed", knots=PAPER_KNOTS)
+    cfg = write_config(tmp_path / "c.json", "cpu-demo", "a red cube", steps=4, timesteps=schedule)
+    first = tmp_path / "a"
+    assert main(["generate", "--config", str(cfg), "--out", str(first), "-q"]) == 0
+    before = [json.loads(x) for x in (first / "metrics.jsonl").read_text().splitlines()]
+    second = tmp_path / "b"
+    shutil.copytree(first, second)
+    for folder in (first, second):
+        code, err = run_cli(["generate", "--resume", "--steps", "8", "--out", str(folder)], capsys)
+        assert code == 0, err
+        check_outputs(folder, 8)
+        assert load_config(folder / "config.json").steps == 8
+        assert json.loads((folder / "summary.json").read_text())["steps"] == 8
+    final = "checkpoints/step_000008.pt"
+    assert (first / final).read_bytes() == (second / final).read_bytes()
+    after = [json.loads(x) for x in (first / "metrics.jsonl").read_text().splitlines()]
+    assert after[:4] == before
+    index = load_prior("embedded").schedule.index
+    expected = [int(index(timestep_fraction(schedule, i, 8))) for i in range(4, 8)]
+    assert [x["t"] for x in after[4:]] == expected
+    code, err = run_cli(["generate", "--resume", "--steps", "6", "--out", str(first)], capsys)
+    assert code == 2 and "at step 8 already" in err and err.count("\n") == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_cuda_is_one_line(tmp_path, capsys):
+    out = tmp_path / "o"
+    err = _one_line_exit_2(
+        ["generate", "a red cube", "--device", "cuda", "--out", str(out)], capsys
+    )
+    assert "no CUDA GPU" in err and "--device cpu" in err
+    assert not out.exists()
+
+
+def test_a_2000_word_prompt_is_refused_with_a_short_line(tmp_path, capsys):
+    prompt = " ".join(["cube"] * 2000)
+    err = _one_line_exit_2(["generate", prompt, "--out", str(tmp_path / "o")], capsys)
+    assert "9999 characters" in err and len(err) < 300
+
+
+@pytest.mark.parametrize("betas", [[0.9, 1.0], [-0.1, 0.99], [0.9, 2.0]])
+def test_adam_betas_outside_0_1_in_a_config_file(betas, tmp_path, capsys):
+    data = config_to_dict(preset_config("cpu-demo", "a red cube").resolved())
+    data["betas"] = betas
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    err = _one_line_exit_2(["generate", "--config", str(path), "--out", str(out)], capsys)
+    assert "betas" in err and not out.exists()
 
 
 def test_overwrite_replaces_a_finished_run(finished_run, tmp_path, capsys):
@@ -416,6 +523,8 @@ def test_an_uncached_hub_id_fails_fast_with_an_actionable_line(tmp_path):
         ({"fovy_deg": [40.0, 190.0]}, "fovy_deg"),
         ({"fovy_deg": [0.0, 60.0]}, "fovy_deg"),
         ({"distance": [0.5, 1.5]}, "distance"),
+        ({"elevation_deg": ["low", 40]}, "elevation_deg"),
+        ({"fovy_deg": [float("nan"), 60.0]}, "fovy_deg"),
     ],
 )
 def test_invalid_camera_ranges_in_a_config_file(cameras, needle, tmp_path, capsys):
@@ -443,9 +552,10 @@ def test_a_config_file_with_an_unknown_key(tmp_path, capsys):
 def test_resume_refuses_options_that_would_change_the_run(finished_run, capsys):
     before = snapshot(finished_run)
     err = _one_line_exit_2(
-        ["generate", "--resume", "--steps", "50", "--out", str(finished_run)], capsys
+        ["generate", "--resume", "--seed", "5", "--guidance", "9", "--out", str(finished_run)],
+        capsys,
     )
-    assert "--steps" in err
+    assert "--seed, --guidance" in err and "--steps" not in err
     assert snapshot(finished_run) == before
 
 
@@ -497,3 +607,109 @@ def test_perp_neg_weights_follow_the_azimuth_and_a_run_uses_them(tmp_path, capsy
     assert load_config(out / "config.json").perp_neg == 2.0
     code, err = run_cli(["generate", "x", "--perp-neg", "-1", "--out", str(tmp_path / "b")], capsys)
     assert code == 2 and "perp_neg must be >= 0" in err
+
+
+# ------------------------------------------------------------- the noise a CFD step feeds
+
+
+def _noise_fed_by_generate(method: str) -> tuple[list[torch.Tensor], list[tuple]]:
+    """The noise ``generate``'s step hands to the update rule in two steps of four views of
+    a solid ball (radius 0.4), and each view's depth, opacity and cameras."""
+    from cfd3d.generate.run import Run
+    from cfd3d.priors.registry import load_prior
+
+    config = replace(preset_config("cpu-demo", "a red cube"), method=method, views_per_step=4)
+    run = Run(config.resolved(), load_prior("embedded"))
+    field = run.field
+    axis = torch.linspace(-field.config.bound, field.config.bound, field.config.resolution)
+    grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
+    density = 60.0 * (grid.norm(dim=-1) < 0.4).float() + 1e-3
+    with torch.no_grad():  # invert softplus(raw + shift)
+        field.raw_density.copy_(torch.log(torch.expm1(density)) - field.config.density_shift)
+    noise, gradient = run.noise, run.rule.gradient
+    fed, views = [], []
+
+    def recorded_noise(out, cameras, step):
+        views.append((out.depth.detach(), out.opacity.detach(), cameras))
+        return noise(out, cameras, step)
+
+    def recorded_gradient(z, t, condition, scale, eps, weighting, step):
+        fed.append(eps.detach().clone())
+        return gradient(z, t, condition, scale, eps, weighting, step)
+
+    run.noise = type("Recorded", (), {"__call__": staticmethod(recorded_noise)})()
+    run.noise.refresh = noise.refresh  # type: ignore[attr-defined]
+    run.rule.gradient = recorded_gradient  # type: ignore[method-assign]
+    run.take_step()
+    run.take_step()
+    return fed, views
+
+
+def _surface_pairs(fed, views, a: tuple[int, int], b: tuple[int, int], radius: float = 0.015):
+    """Noise values ``(n, 2)`` at opaque pixels of view ``a`` and ``b`` (``(step, view)``)
+    whose surface points lie within ``radius`` of each other."""
+    points = []
+    for step, view in (a, b):
+        depth, opacity, cameras = views[step]
+        origins, dirs = cameras.rays(depth.shape[1], depth.shape[2])
+        mask = opacity[view, ..., 0] > 0.9
+        xyz = (origins + dirs * depth)[view][mask]
+        eps = fed[step][view].permute(1, 2, 0)[mask]
+        points.append((xyz, eps))
+    (xa, ea), (xb, eb) = points
+    dist, nearest = torch.cdist(xa, xb).min(dim=1)
+    near = dist < radius
+    return torch.stack([ea[near].flatten(), eb[nearest[near]].flatten()], dim=1)
+
+
+def _correlations(method: str) -> tuple[float, float, int]:
+    fed, views = _noise_fed_by_generate(method)
+    same_step = [((0, i), (0, j)) for i in range(4) for j in range(i + 1, 4)]
+    next_step = [((0, i), (1, j)) for i in range(4) for j in range(4)]
+    result = []
+    for pairs in (same_step, next_step):
+        values = torch.cat([_surface_pairs(fed, views, a, b) for a, b in pairs])
+        result.append((float(torch.corrcoef(values.T)[0, 1]), len(values)))
+    (across_views, n_views), (across_steps, n_steps) = result
+    return across_views, across_steps, min(n_views, n_steps)
+
+
+def test_a_cfd_step_feeds_noise_consistent_across_views_and_steps():
+    """The noise ``generate`` hands to the update rule, read at the same surface point: CFD
+    (integral noise) must agree between the views of a step and from one step to the next
+    (γ = 1e-2 refreshes 1 % of its variance); SDS (fresh noise) must not. Pixel footprints
+    overlap only partly (points within 0.015 of a 0.04-wide footprint), hence about 0.45,
+    not 1, for CFD; 300+ pixel pairs put chance correlations near ±0.05."""
+    views, steps, n = _correlations("cfd")
+    assert n > 300
+    assert views > 0.3 and steps > 0.3, (views, steps)
+    fresh_views, fresh_steps, _ = _correlations("sds")
+    assert abs(fresh_views) < 0.1 and abs(fresh_steps) < 0.1, (fresh_views, fresh_steps)
+
+
+def test_checkpoint_every_minutes_adds_checkpoints_without_changing_the_run(
+    tmp_path, capsys, monkeypatch
+):
+    from cfd3d.generate.run import Run
+
+    cfg = write_config(tmp_path / "c.json", "cpu-demo", "a red cube", steps=4)
+    saves: list[int] = []
+    original = Run.save_checkpoint
+
+    def counted(self, folder):
+        saves.append(self.step)
+        return original(self, folder)
+
+    monkeypatch.setattr(Run, "save_checkpoint", counted)
+    timed, plain = tmp_path / "timed", tmp_path / "plain"
+    args = ["generate", "--config", str(cfg), "-q", "--out"]
+    assert main([*args, str(timed), "--checkpoint-every-minutes", "1e-9"]) == 0
+    assert saves == [1, 2, 3, 4]
+    saves.clear()
+    assert main([*args, str(plain)]) == 0
+    assert saves == [4]
+    final = "checkpoints/step_000004.pt"
+    assert (timed / final).read_bytes() == (plain / final).read_bytes()
+    out = tmp_path / "bad"
+    err = _one_line_exit_2([*args, str(out), "--checkpoint-every-minutes", "0"], capsys)
+    assert "--checkpoint-every-minutes" in err and not out.exists()

@@ -16,8 +16,15 @@ import torch
 
 from cfd3d.errors import ConfigError
 
-TimestepKind = Literal["uniform", "annealed", "linear", "sqrt", "dreamtime"]
-TIMESTEP_KINDS: tuple[str, ...] = ("uniform", "annealed", "linear", "sqrt", "dreamtime")
+TimestepKind = Literal["uniform", "annealed", "linear", "sqrt", "dreamtime", "uniform_annealed"]
+TIMESTEP_KINDS: tuple[str, ...] = (
+    "uniform",
+    "annealed",
+    "linear",
+    "sqrt",
+    "dreamtime",
+    "uniform_annealed",
+)
 
 # The CFD reference recipe (stage 1, Stable Diffusion): 0.98 -> 0.69 at 10 % of the run,
 # -> 0.40 at 50 %, -> 0.21 at the end (2.5k / 12.5k / 25k of 25k steps).
@@ -32,10 +39,15 @@ class TimestepSchedule:
         kind: ``"uniform"`` random in [t_min, t_max] every step (SDS); ``"annealed"``
             piecewise-linear through ``knots`` (the CFD paper); ``"linear"`` from t_max to
             t_min; ``"sqrt"`` t_max - (t_max - t_min) sqrt(progress) (HiFA); ``"dreamtime"``
-            time-prioritised decreasing schedule (Huang et al. 2023).
+            time-prioritised decreasing schedule (Huang et al. 2023); ``"uniform_annealed"``
+            random in [t_min, u(progress)] every step, with the upper end ``u``
+            piecewise-linear through ``knots`` (ProlificDreamer's and LucidDreamer's
+            annealed ranges).
         t_max: largest timestep fraction.
         t_min: smallest timestep fraction.
-        knots: ``(progress, fraction)`` pairs for ``"annealed"``; progress runs 0 -> 1.
+        knots: ``(progress, fraction)`` pairs for ``"annealed"`` and
+            ``"uniform_annealed"``; progress runs 0 -> 1 (two knots at one progress make
+            a jump).
         dreamtime_m1, dreamtime_m2, dreamtime_s1, dreamtime_s2: DreamTime's prior weight,
             flat on [m2, m1] with Gaussian tails of widths s1 (above) and s2 (below), as
             fractions of T.
@@ -71,10 +83,13 @@ def timestep_fraction(schedule: TimestepSchedule, step: int, total_steps: int, s
     ``(seed, step)``, so a resumed run sees the same timesteps.
     """
     progress = step / max(total_steps - 1, 1)
-    if schedule.kind == "uniform":
+    if schedule.kind in ("uniform", "uniform_annealed"):
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
         u = torch.rand((), generator=gen, dtype=torch.float64).item()
-        return schedule.t_min + (schedule.t_max - schedule.t_min) * u
+        upper = schedule.t_max
+        if schedule.kind == "uniform_annealed":
+            upper = max(schedule.t_min, _piecewise_linear(schedule.knots, progress))
+        return schedule.t_min + (upper - schedule.t_min) * u
     if schedule.kind == "annealed":
         return _piecewise_linear(schedule.knots, progress)
     if schedule.kind == "linear":
@@ -86,7 +101,7 @@ def timestep_fraction(schedule: TimestepSchedule, step: int, total_steps: int, s
 
 def _piecewise_linear(knots: tuple[tuple[float, float], ...], x: float) -> float:
     for (x0, y0), (x1, y1) in itertools.pairwise(knots):
-        if x <= x1:
+        if x <= x1 and x1 > x0:
             return y0 + (y1 - y0) * (x - x0) / max(x1 - x0, 1e-12)
     return knots[-1][1]
 

@@ -74,16 +74,55 @@ def mesh_to_bytes(mesh: trimesh.Trimesh, fmt: str) -> bytes:
     return export_ply(mesh, encoding="binary", vertex_normal=True)
 
 
+def mesh_files(mesh: trimesh.Trimesh, fmt: str, stem: str) -> dict[str, bytes]:
+    """Every file of ``mesh`` in format ``fmt``, by file name: ``{stem}.{fmt}`` and, for a
+    textured mesh (:func:`cfd3d.export.texture.textured_mesh`) as OBJ, its material
+    library ``{stem}.mtl`` and texture image (GLB embeds the texture; PLY, which has no
+    textures, gets the texture sampled at the vertices as vertex colours)."""
+    check_format(fmt)
+    if len(mesh.faces) == 0:
+        raise ValueError("cannot export a mesh without faces")
+    if _has_texture(mesh) and fmt == "obj":
+        text, extra = export_obj(
+            mesh,
+            include_normals=True,
+            include_texture=True,
+            return_texture=True,
+            mtl_name=f"{stem}.mtl",
+        )
+        return {f"{stem}.obj": text.encode("utf-8"), **extra}
+    if _has_texture(mesh) and fmt == "ply":
+        colored = mesh.copy()
+        colored.visual = mesh.visual.to_color()
+        return {f"{stem}.ply": mesh_to_bytes(colored, fmt)}
+    return {f"{stem}.{fmt}": mesh_to_bytes(mesh, fmt)}
+
+
 def _has_vertex_colors(mesh: trimesh.Trimesh) -> bool:
     return mesh.visual.kind == "vertex"
 
 
-def _to_glb(mesh: trimesh.Trimesh) -> bytes:
-    """GLB bytes of ``mesh`` rotated into glTF axes, with a diffuse material."""
-    material = PBRMaterial(
-        name="cfd3d", baseColorFactor=[255, 255, 255, 255], metallicFactor=0.0, roughnessFactor=1.0
+def _has_texture(mesh: trimesh.Trimesh) -> bool:
+    material = getattr(mesh.visual, "material", None)
+    return mesh.visual.kind == "texture" and (
+        getattr(material, "baseColorTexture", None) is not None
+        or getattr(material, "image", None) is not None
     )
-    visual = trimesh.visual.TextureVisuals(material=material)
+
+
+def _to_glb(mesh: trimesh.Trimesh) -> bytes:
+    """GLB bytes of ``mesh`` rotated into glTF axes, with a diffuse material (and its
+    base-colour texture, if it has one)."""
+    if _has_texture(mesh):
+        visual = trimesh.visual.TextureVisuals(uv=mesh.visual.uv, material=mesh.visual.material)
+    else:
+        material = PBRMaterial(
+            name="cfd3d",
+            baseColorFactor=[255, 255, 255, 255],
+            metallicFactor=0.0,
+            roughnessFactor=1.0,
+        )
+        visual = trimesh.visual.TextureVisuals(material=material)
     if _has_vertex_colors(mesh):
         visual.vertex_attributes["color"] = np.asarray(mesh.visual.vertex_colors, np.uint8)
     out = trimesh.Trimesh(

@@ -4,8 +4,9 @@ Output folder ``DIR``::
 
     config.json      the resolved GenerateConfig (``--config DIR/config.json`` repeats it)
     metrics.jsonl    one JSON line per step: step, t, loss, grad norm, timings
-    checkpoints/     step_NNNNNN.pt every ``checkpoint_every`` steps (atomic; the newest
-                     ``keep_checkpoints`` are kept)
+    checkpoints/     step_NNNNNN.pt every ``checkpoint_every`` steps, each with its SHA-256
+                     in step_NNNNNN.pt.sha256 (atomic; the newest ``keep_checkpoints`` are
+                     kept)
     model.glb        the mesh (plus model.obj / model.ply with --formats)
     turntable.mp4, turntable.gif, preview.png
     summary.json     written last: the run is finished
@@ -20,6 +21,17 @@ With ``--pipeline NAME`` (stages as configuration, :mod:`cfd3d.generate.pipeline
 
 ``--resume`` continues a pipeline where it stopped: finished stages stay untouched, the
 current one continues from its last checkpoint, later ones start afresh.
+
+Life cycle. Ctrl-C, SIGTERM and SIGHUP (what schedulers send before they kill) stop a run
+between two steps: it writes a checkpoint and exits with ``128 + signum`` (130, 143, 129);
+a second signal exits at once (the atomic writes leave nothing half-written). ``--resume``
+continues from the newest checkpoint that passes its checksum and structure checks,
+naming the ones it skipped; with no usable checkpoint it starts again at step 0 (and a
+damaged ``config.json`` is recovered from a checkpoint). ``--resume --steps N`` changes
+the run's length: the steps taken stay, the later ones follow the schedules (timesteps, γ)
+defined for ``N`` steps from the current step on (an annealed schedule continues at the
+point ``step / N`` of its curve); this is deterministic but not the same as a run started
+with ``--steps N``. A full disk stops the run with one line; the previous checkpoint stays.
 """
 
 from __future__ import annotations
@@ -29,15 +41,19 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from cfd3d.errors import ConfigError, OutputError, UserError
+from cfd3d.errors import ConfigError, OutputError, StoppedBySignal, UserError
 from cfd3d.generate.config import (
     PRESETS,
     GenerateConfig,
+    config_from_dict,
+    config_to_dict,
     default_preset,
     load_config,
     preset_config,
@@ -54,9 +70,24 @@ from cfd3d.generate.pipeline import (
     pipeline_config,
     start_from,
 )
-from cfd3d.generate.run import Run, list_checkpoints, read_checkpoint
-from cfd3d.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from cfd3d.generate.run import (
+    DamagedCheckpoint,
+    Run,
+    StepResult,
+    checkpoint_step,
+    list_checkpoints,
+    read_checkpoint,
+    remove_checkpoint,
+)
+from cfd3d.io import (
+    DiskFullError,
+    atomic_write_bytes,
+    atomic_write_text,
+    disk_full,
+    ensure_writable_dir,
+)
 from cfd3d.priors.base import Prior
+from cfd3d.text import quote
 
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
@@ -66,6 +97,8 @@ PIPELINE_NAME = "pipeline.json"
 ASSET_NAMES = (
     "model.glb",
     "model.obj",
+    "model.mtl",
+    "model_texture.png",
     "model.ply",
     "turntable.mp4",
     "turntable.gif",
@@ -75,10 +108,42 @@ ASSET_NAMES = (
 OUTPUT_NAMES = (CONFIG_NAME, METRICS_NAME, SUMMARY_NAME, CHECKPOINTS, PIPELINE_NAME, *ASSET_NAMES)
 
 
+def check_device(name: str | None) -> None:
+    """Refuse a device that torch does not know or this machine does not have.
+
+    Raises:
+        ConfigError: naming the device and what to use instead.
+    """
+    import torch
+
+    if name is None:
+        return
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"unknown device '{name}'; use cpu, cuda, cuda:N or mps (or leave --device out)"
+        ) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device '{name}': this machine has no CUDA GPU; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(
+                f"device '{name}': this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device '{name}': MPS is not available here; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device '{name}' is not supported; use cpu, cuda, cuda:N or mps")
+
+
 def load_prior_for(config: GenerateConfig) -> Prior:
     """The run's prior, on the run's device; prompt problems raise here, before any output."""
-    from cfd3d.priors.registry import is_stable_diffusion, load_prior
+    from cfd3d.priors.registry import check_text_to_image, is_stable_diffusion, load_prior
 
+    check_device(config.device)
+    check_text_to_image(config.prior)
     if config.prior != "embedded" and is_stable_diffusion(config.prior):
         prior = load_prior(
             config.prior,
@@ -139,7 +204,7 @@ def _recorded_stages(folder: Path) -> tuple[str, ...]:
     return tuple(s for s in stages if isinstance(s, str) and is_stage_name(s))
 
 
-def _clear_outputs(folder: Path, stages: tuple[str, ...] = ()) -> None:
+def clear_outputs(folder: Path, stages: tuple[str, ...] = ()) -> None:
     for name in dict.fromkeys((*OUTPUT_NAMES, *stages, *_recorded_stages(folder))):
         path = folder / name
         if path.is_dir():
@@ -161,7 +226,7 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
     else:
         _check_prompt(args.prompt)
         prior = args.prior or "embedded"
-        preset = args.preset or default_preset(prior, args.device)
+        preset = args.preset or default_preset(prior, args.device, args.field)
         config = preset_config(preset, args.prompt)
         config = replace(config, prior=prior)
     overrides = _overrides(args)
@@ -195,12 +260,14 @@ def _overrides(args: argparse.Namespace) -> dict:
         "device": args.device,
         "low_vram": True if args.low_vram else None,
         "formats": tuple(args.formats.split(",")) if args.formats else None,
+        "field": args.field,
     }
     return {k: v for k, v in overrides.items() if v is not None}
 
 
 def run_generate(args: argparse.Namespace) -> int:
     out: Path = args.out
+    _every_minutes(args)  # checked before anything is written
     if args.resume:
         if (out / PIPELINE_NAME).exists():
             return _resume_pipeline(args)
@@ -213,17 +280,17 @@ def run_generate(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     check_output_folder(out, args.overwrite)
     prior = load_prior_for(config)
-    run = _new_run(config, prior, out)
+    run = new_run(config, prior, out)
     ensure_writable_dir(out)
     if args.overwrite:
-        _clear_outputs(out)
+        clear_outputs(out)
     atomic_write_text(out / CONFIG_NAME, save_config(config))
-    summary = _drive(run, out, args.quiet)
+    summary = drive(run, out, args.quiet, every_minutes=_every_minutes(args))
     _report(summary, out, args.quiet)
     return 0
 
 
-def _new_run(config: GenerateConfig, prior: Prior, out: Path) -> Run:
+def new_run(config: GenerateConfig, prior: Prior, out: Path) -> Run:
     """A run of ``config`` at step 0, its field taken from ``config.init_from`` if set."""
     run = Run(config, prior)
     if config.init_from is not None:
@@ -263,13 +330,21 @@ _RESUME_FIXED = (
     "negative_prompt",
     "perp_neg",
     "formats",
+    "field",
     "config",
 )
-"""Options that would change a run, refused with ``--resume``."""
+"""Options that would change a run, refused with ``--resume`` (``--steps`` is accepted for
+a single run: it changes the run's length, see the module docstring)."""
 
 
-def _check_resume_args(args: argparse.Namespace, saved: str, prompt: str) -> None:
-    given = [f"--{n.replace('_', '-')}" for n in _RESUME_FIXED if getattr(args, n) is not None]
+def _check_resume_args(
+    args: argparse.Namespace, saved: str, prompt: str, allowed: tuple[str, ...] = ()
+) -> None:
+    given = [
+        f"--{n.replace('_', '-')}"
+        for n in _RESUME_FIXED
+        if n not in allowed and getattr(args, n) is not None
+    ]
     if given:
         raise ConfigError(
             f"--resume continues the run with its saved {saved}; drop {', '.join(given)} "
@@ -277,54 +352,113 @@ def _check_resume_args(args: argparse.Namespace, saved: str, prompt: str) -> Non
         )
     if args.prompt is not None and args.prompt != prompt:
         raise ConfigError(
-            f"--resume continues the run for '{prompt}'; drop the prompt argument or "
+            f"--resume continues the run for '{quote(prompt)}'; drop the prompt argument or "
             "choose another --out for a new prompt"
         )
 
 
 def _resume(args: argparse.Namespace) -> int:
     out: Path = args.out
-    config_file = out / CONFIG_NAME
-    if not config_file.exists() or not list_checkpoints(out / CHECKPOINTS):
+    checkpoints = list_checkpoints(out / CHECKPOINTS)
+    if not (out / CONFIG_NAME).exists() and not checkpoints:
         raise UserError(
-            f"nothing to resume in '{out}': it has no {CONFIG_NAME} and checkpoint; start the "
-            "run without --resume"
+            f"nothing to resume in '{out}': it holds no {CONFIG_NAME} and no checkpoint; start "
+            "the run without --resume"
         )
-    config = load_config(config_file)
-    _check_resume_args(args, CONFIG_NAME, config.prompt)
-    run = Run(config, load_prior_for(config))
-    _restore(run, out)
-    summary = _drive(run, out, args.quiet)
+    config = resume_config(out)
+    _check_resume_args(args, CONFIG_NAME, config.prompt, allowed=("steps",))
+    if args.steps is not None:
+        config = replace(config, steps=args.steps)
+    run = restore(Run(config, load_prior_for(config)), out)
+    if run.step > config.steps:
+        raise ConfigError(
+            f"the run in '{out}' is at step {run.step} already; --steps must be at least that"
+        )
+    if args.steps is not None:
+        atomic_write_text(out / CONFIG_NAME, save_config(config))
+        (out / SUMMARY_NAME).unlink(missing_ok=True)  # not finished at its new length
+    summary = drive(run, out, args.quiet, every_minutes=_every_minutes(args))
     _report(summary, out, args.quiet)
     return 0
 
 
-def _restore(run: Run, out: Path) -> None:
-    """Continue ``run`` from the last checkpoint in ``out``, or from step 0 (its
-    ``init_from``) when there is none; drop the metric lines of steps to be taken again."""
-    checkpoints = list_checkpoints(out / CHECKPOINTS)
-    if not checkpoints:
-        if run.config.init_from is not None:
-            start_from(run, _init_state(run.config.init_from, out))
-        _truncate_metrics(out / METRICS_NAME, 0)
-        return
-    state = read_checkpoint(checkpoints[-1])
+def resume_config(out: Path) -> GenerateConfig:
+    """``out/config.json``, or, when it is missing or damaged, the config recorded in the
+    newest readable checkpoint (written back to ``config.json``, with a warning).
+
+    Raises:
+        ConfigError: ``config.json`` is unusable and no checkpoint holds a config.
+    """
     try:
-        run.load_state_dict(state)
-    except (KeyError, RuntimeError, ValueError) as exc:
-        raise UserError(
-            f"checkpoint '{checkpoints[-1]}' does not match {CONFIG_NAME} ({exc}); delete it "
-            "to resume from an earlier checkpoint, or start afresh with another --out"
-        ) from None
-    _truncate_metrics(out / METRICS_NAME, run.step)
+        return load_config(out / CONFIG_NAME)
+    except ConfigError as exc:
+        problem = exc
+    for path in reversed(list_checkpoints(out / CHECKPOINTS)):
+        try:
+            config = config_from_dict(read_checkpoint(path)["config"])
+        except (DamagedCheckpoint, ConfigError, KeyError):
+            continue
+        _warn(f"{problem}; using the config recorded in '{path}' (written to {CONFIG_NAME})")
+        atomic_write_text(out / CONFIG_NAME, save_config(config))
+        return config
+    raise problem
+
+
+def _same_run(config: GenerateConfig, recorded: object) -> bool:
+    """Whether a checkpoint's recorded config is ``config`` up to the run's length."""
+    if not isinstance(recorded, dict):
+        return False
+    mine = config_to_dict(config)
+    return {**recorded, "steps": 0} == {**mine, "steps": 0}
+
+
+def restore(run: Run, out: Path) -> Run:
+    """``run`` continued from the newest usable checkpoint in ``out`` (each skipped one is
+    named with the reason, and removed: its steps are taken again), or at step 0 (from its
+    ``init_from``) when there is none; drops the metric lines of steps to be taken again.
+    Returns the run to drive (a fresh one if a damaged checkpoint was partly loaded)."""
+    skipped = []
+    for path in reversed(list_checkpoints(out / CHECKPOINTS)):
+        try:
+            state = read_checkpoint(path)
+        except DamagedCheckpoint as exc:
+            _warn(f"skipped checkpoint '{path}': {exc.reason}")
+            skipped.append(path)
+            continue
+        if "config" in state and not _same_run(run.config, state["config"]):
+            _warn(f"skipped checkpoint '{path}': it was written by a run of another config")
+            skipped.append(path)
+            continue
+        try:
+            run.load_state_dict(state)
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            _warn(f"skipped checkpoint '{path}': it does not match {CONFIG_NAME} ({exc})")
+            skipped.append(path)
+            run = Run(run.config, run.prior)
+            continue
+        for later in skipped:
+            remove_checkpoint(later)
+        _truncate_metrics(out / METRICS_NAME, run.step)
+        return run
+    if list_checkpoints(out / CHECKPOINTS):
+        _warn("no usable checkpoint; the run starts again at step 0")
+    if run.config.init_from is not None:
+        start_from(run, _init_state(run.config.init_from, out))
+    _truncate_metrics(out / METRICS_NAME, 0)
+    return run
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines of steps at or after ``step`` (they will be taken again)."""
+    """Drop metric lines of steps at or after ``step`` (they will be taken again) and lines
+    that are not whole records (a write cut short by a kill)."""
     if not path.exists():
         return
     kept = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
             if json.loads(line)["step"] < step:
                 kept.append(line)
@@ -333,9 +467,101 @@ def _truncate_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
-def _drive(run: Run, out: Path, quiet: bool) -> dict:
-    """Take the remaining steps with checkpoints, then export; handles Ctrl-C. Returns the
-    run's summary (also written to ``out/summary.json``, last)."""
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+"""Signals that stop a run cleanly between two steps (Ctrl-C and what schedulers send)."""
+
+
+class StopOnSignal:
+    """Within ``with``, the first of :data:`STOP_SIGNALS` sets :attr:`signum` (the step
+    loop checks it between steps); a second one exits at once with ``128 + signum``.
+
+    Outside the main thread (where Python cannot handle signals) it does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            name = signal.Signals(signum).name
+            sys.stderr.write(f"stopped at once by a second signal ({name})\n")
+            sys.stderr.flush()
+            os._exit(128 + signum)
+        self.signum = signum
+
+    def __enter__(self) -> StopOnSignal:
+        try:
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        except ValueError:  # not the main thread
+            self.restore()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.restore()
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+        self._previous.clear()
+
+
+LONG_RUN_S = {"cpu": 2 * 3600.0}
+"""Runs estimated to take longer than this on a device type get a warning with the
+estimate before they go on (other devices: :data:`LONG_RUN_DEFAULT_S`)."""
+LONG_RUN_DEFAULT_S = 24 * 3600.0
+ESTIMATE_AFTER_STEPS = 3
+"""Steps of a call timed before the duration is estimated (the first one warms up)."""
+
+
+def estimate_seconds(step_seconds: list[float], remaining: int) -> float:
+    """The time ``remaining`` steps take at the pace of ``step_seconds`` (the first timed
+    step, which warms caches up, left out when there are more)."""
+    timed = step_seconds[1:] or step_seconds
+    return remaining * sum(timed) / len(timed)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min"
+
+
+def _warn_if_long(run: Run, step_seconds: list[float], out: Path) -> None:
+    remaining = run.config.steps - run.step
+    estimate = estimate_seconds(step_seconds, remaining)
+    bound = LONG_RUN_S.get(run.device.type, LONG_RUN_DEFAULT_S)
+    if estimate > bound:
+        _warn(
+            f"{remaining} steps to go take about {_duration(estimate)} on {run.device} "
+            f"({estimate / remaining:.3g} s/step); stop cleanly with Ctrl-C or SIGTERM (a "
+            f"checkpoint is written) and continue with 'cfd3d generate --resume --out "
+            f"{_top_folder(out)}' (add --steps N for another length)"
+        )
+
+
+def drive(
+    run: Run,
+    out: Path,
+    quiet: bool,
+    on_step: Callable[[StepResult], bool] | None = None,
+    every_minutes: float | None = None,
+) -> dict:
+    """Take the remaining steps with checkpoints, then export; stops cleanly between two
+    steps on Ctrl-C, SIGTERM or SIGHUP (checkpoint, then :class:`StoppedBySignal`). Returns
+    the run's summary (also written to ``out/summary.json``, last). ``on_step`` (progress
+    views: ``cfd3d serve``) gets each step's result; returning True stops the run there as
+    Ctrl-C does (SIGINT). ``every_minutes`` also checkpoints whenever that much time has
+    passed since the last checkpoint (``--checkpoint-every-minutes``).
+
+    Raises:
+        StoppedBySignal: a signal stopped the run; its checkpoint is written.
+        DiskFullError: a write failed on a full disk; the previous checkpoint is intact.
+        UserError: too many consecutive non-finite steps.
+    """
     from tqdm import tqdm
 
     c = run.config
@@ -344,25 +570,41 @@ def _drive(run: Run, out: Path, quiet: bool) -> dict:
     bar = tqdm(
         total=c.steps, initial=run.step, desc="generate", unit="step", disable=quiet, leave=False
     )
-    last_saved = None
+    last_saved = next(  # the checkpoint the run continues from, if any
+        (p for p in reversed(list_checkpoints(ckpt_dir)) if checkpoint_step(p) == run.step), None
+    )
+    step_seconds: list[float] = []
+    saved_at = time.monotonic()
     try:
-        with open(out / METRICS_NAME, "a", encoding="utf-8") as metrics:
-            while run.step < c.steps:
+        with StopOnSignal() as stop, open(out / METRICS_NAME, "a", encoding="utf-8") as metrics:
+            while run.step < c.steps and stop.signum is None:
+                step_tic = time.perf_counter()
                 result = run.take_step()
                 metrics.write(json.dumps(result.as_dict()) + "\n")
                 metrics.flush()
                 bar.update(1)
                 bar.set_postfix(t=result.t, loss=f"{result.loss:.3g}", refresh=False)
                 if run.bad_steps >= c.max_bad_steps:
-                    saved = last_saved or (list_checkpoints(ckpt_dir) or [None])[-1]
                     raise UserError(
                         f"stopped at step {result.step}: {run.bad_steps} consecutive steps had "
                         f"non-finite gradients (lower --guidance or the learning rate); last good "
-                        f"checkpoint: {saved or 'none'}"
+                        f"checkpoint: {last_saved or 'none'}"
                     )
-                due = run.step % c.checkpoint_every == 0 and run.step < c.steps
-                if due and run.bad_steps == 0:  # never checkpoint in a run of bad steps
+                if len(step_seconds) < ESTIMATE_AFTER_STEPS:
+                    step_seconds.append(time.perf_counter() - step_tic)
+                    if len(step_seconds) == ESTIMATE_AFTER_STEPS:
+                        _warn_if_long(run, step_seconds, out)
+                due = run.step % c.checkpoint_every == 0 or (
+                    every_minutes is not None and time.monotonic() - saved_at >= 60 * every_minutes
+                )
+                if due and run.step < c.steps and run.bad_steps == 0:  # never in bad steps
                     last_saved = run.save_checkpoint(ckpt_dir)
+                    saved_at = time.monotonic()
+                if on_step is not None and on_step(result) and stop.signum is None:
+                    stop.signum = signal.SIGINT
+            if stop.signum is not None and run.step < c.steps:
+                bar.close()
+                raise StoppedBySignal(stop.signum, _stopped(run, out, stop.signum, last_saved))
     except KeyboardInterrupt:
         bar.close()
         if run.bad_steps == 0:
@@ -373,12 +615,29 @@ def _drive(run: Run, out: Path, quiet: bool) -> dict:
                 file=sys.stderr,
             )
         raise
+    except OSError as exc:
+        if not (disk_full(exc) or isinstance(exc, DiskFullError)):
+            raise
+        raise DiskFullError(
+            f"the disk is full at step {run.step}; the last "
+            f"checkpoint, {last_saved or 'none'}, is intact: free some space and continue with "
+            f"'cfd3d generate --resume --out {_top_folder(out)}'"
+        ) from None
     bar.close()
     final = run.save_checkpoint(ckpt_dir)
     fit_s = time.perf_counter() - tic
     if not quiet:
         print(f"distilled {c.steps} steps in {fit_s:.1f} s; exporting...", file=sys.stderr)
-    written = write_outputs(run, out)
+    try:
+        written = write_outputs(run, out)
+    except OSError as exc:
+        if not (disk_full(exc) or isinstance(exc, DiskFullError)):
+            raise
+        raise DiskFullError(
+            f"the disk is full: the exports of '{out}' could not be written; the final "
+            f"checkpoint {final} is intact: free some space and run 'cfd3d generate --resume "
+            f"--out {_top_folder(out)}' to export again"
+        ) from None
     summary = {
         "status": "finished",
         "prompt": c.prompt,
@@ -394,6 +653,31 @@ def _drive(run: Run, out: Path, quiet: bool) -> dict:
     if "mesh_error" in written:
         print(f"warning: no mesh written: {written['mesh_error']}", file=sys.stderr)
     return summary
+
+
+def _every_minutes(args: argparse.Namespace) -> float | None:
+    """``--checkpoint-every-minutes``, checked.
+
+    Raises:
+        ConfigError: a value that is not positive.
+    """
+    minutes = getattr(args, "checkpoint_every_minutes", None)
+    if minutes is not None and not minutes > 0.0:
+        raise ConfigError(f"--checkpoint-every-minutes must be > 0, got {minutes}")
+    return minutes
+
+
+def _stopped(run: Run, out: Path, signum: int, last_saved: Path | None) -> str:
+    """Write the checkpoint of a run stopped by ``signum``; the line that says so."""
+    name = signal.Signals(signum).name
+    resume = f"continue with 'cfd3d generate --resume --out {_top_folder(out)}'"
+    if run.bad_steps:
+        return (
+            f"stopped by {name} at step {run.step} in a run of non-finite steps; last good "
+            f"checkpoint: {last_saved or 'none'}; {resume}"
+        )
+    saved = run.save_checkpoint(out / CHECKPOINTS)
+    return f"stopped by {name} at step {run.step}; checkpoint {saved} written; {resume}"
 
 
 def _top_folder(out: Path) -> Path:
@@ -497,7 +781,7 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     runs = [Run(s.config, priors.get(s.config, s.multiview)) for s in pipeline.stages]
     ensure_writable_dir(out)
     if args.overwrite:
-        _clear_outputs(out, names)
+        clear_outputs(out, names)
     for stage in pipeline.stages:
         atomic_write_text(out / stage.name / CONFIG_NAME, save_config(stage.config))
     atomic_write_text(out / PIPELINE_NAME, json.dumps(_pipeline_record(pipeline), indent=2) + "\n")
@@ -550,14 +834,14 @@ def _drive_pipeline(
             continue
         folder = out / stage.name
         c = stage.config
-        _restore(run, folder)
+        run = restore(run, folder)
         if not args.quiet:
             print(
                 f"{stage.name} ({index + 1}/{len(stages)}): {c.prior}, {c.steps} steps at "
                 f"{'/'.join(str(s) for s in c.render_sizes)}²",
                 file=sys.stderr,
             )
-        _drive(run, folder, args.quiet)
+        drive(run, folder, args.quiet, every_minutes=_every_minutes(args))
         stages[index] = (stage, None)  # frees the stage's field and optimiser
     last = out / stages[-1][0].name
     final = json.loads((last / SUMMARY_NAME).read_text())
@@ -644,7 +928,7 @@ def add_generate_command(subparsers: argparse._SubParsersAction) -> None:
         help="the multi-view (MVDream) checkpoint of a pipeline's multi-view stages, e.g. "
         "sd-v2.1-base-4view.pt (the paper pipeline needs it)",
     )
-    p.add_argument("--method", default=None, help="cfd (default), sds or fsd")
+    p.add_argument("--method", default=None, help="cfd (default), sds, fsd, vsd, ism or sdi")
     p.add_argument(
         "--pipeline",
         default=None,
@@ -686,6 +970,14 @@ def add_generate_command(subparsers: argparse._SubParsersAction) -> None:
         "negative with this weight (e.g. 2; default 0, off; two more prior calls per view)",
     )
     p.add_argument(
+        "--field",
+        default=None,
+        choices=("voxel", "nerf", "gaussians"),
+        help="the 3D representation (default: the preset's; 'gaussians' = 3D Gaussian "
+        "splatting, whose default preset on the embedded prior is toy-gaussians; it also "
+        "writes the splats as model.ply)",
+    )
+    p.add_argument(
         "--formats", default=None, help="mesh formats, comma-separated: glb (default), obj, ply"
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: CUDA if any)")
@@ -696,7 +988,21 @@ def add_generate_command(subparsers: argparse._SubParsersAction) -> None:
         "--config", type=Path, default=None, help="start from a saved config.json (repeats a run)"
     )
     p.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its newest usable checkpoint (damaged ones are "
+        "skipped and named; with none, from step 0). With --steps N it continues a run, "
+        "finished or not, to N steps: the schedules (timesteps, gamma) follow the N-step "
+        "curves from the current step on (deterministic, but not the same as a fresh N-step "
+        "run). Ctrl-C, SIGTERM and SIGHUP stop a run cleanly with a checkpoint",
+    )
+    p.add_argument(
+        "--checkpoint-every-minutes",
+        type=float,
+        default=None,
+        metavar="M",
+        help="also write a checkpoint whenever M minutes have passed since the last one "
+        "(for preemptible machines; the run's result does not change)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or messages")

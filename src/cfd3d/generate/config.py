@@ -9,32 +9,46 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from cfd3d.distill.ism import ISMConfig
 from cfd3d.distill.methods import METHODS, get_method
+from cfd3d.distill.sdi import SDIConfig
 from cfd3d.distill.timesteps import PAPER_KNOTS, TimestepSchedule
+from cfd3d.distill.vsd import VSDConfig
 from cfd3d.distill.weighting import WEIGHTINGS
 from cfd3d.errors import ConfigError
 from cfd3d.export.formats import check_format
 from cfd3d.noise.config import NoiseConfig
 from cfd3d.render.occupancy import OccupancyConfig
 from cfd3d.render.shading import ShadingConfig
+from cfd3d.render.splat import SplatConfig
 from cfd3d.render.volume import RendererConfig
 from cfd3d.scene.encoding import HashGridConfig
+from cfd3d.scene.gaussians import GaussianConfig
 from cfd3d.scene.nerf import NeRFConfig
 from cfd3d.scene.sampling import CameraSamplerConfig, ViewLabelConfig
 from cfd3d.scene.voxel import VoxelGridConfig
+from cfd3d.text import QUOTE_CHARS, check_text, quote
 
-FieldKind = Literal["voxel", "nerf"]
+FieldKind = Literal["voxel", "nerf", "gaussians"]
 BackgroundKind = Literal["white", "random", "environment"]
 
 DEFERRED_MODES: tuple[str, ...] = ("auto", "always", "never")
 
-NOISE_OF_METHOD: dict[str, str] = {"cfd": "integral", "sds": "fresh", "fsd": "panorama"}
+NOISE_OF_METHOD: dict[str, str] = {
+    "cfd": "integral",
+    "sds": "fresh",
+    "fsd": "panorama",
+    "vsd": "fresh",
+    "ism": "fresh",
+    "sdi": "fresh",
+}
 """Each method's noise source (``"fixed"``, CFD without consistency, is an ablation)."""
 
 
@@ -45,7 +59,8 @@ class GenerateConfig:
     Attributes:
         prompt: the text prompt.
         prior: ``"embedded"``, or a Stable Diffusion hub id / diffusers folder.
-        method: ``"cfd"``, ``"sds"`` or ``"fsd"``.
+        method: ``"cfd"``, ``"sds"``, ``"fsd"``, ``"vsd"``, ``"ism"`` or ``"sdi"``
+            (:mod:`cfd3d.distill.methods`).
         preset: the preset the run started from (informational once resolved).
         seed: seeds the field, the cameras, the noise and the timesteps.
         steps: optimisation steps.
@@ -79,8 +94,12 @@ class GenerateConfig:
         p_albedo, p_textureless: see ``shading``.
         background: ``"white"``, ``"random"`` colour per view, or a learned
             ``"environment"`` map.
-        field: ``"voxel"`` (dense grid, fastest on a CPU) or ``"nerf"`` (hash grid).
-        voxel, nerf: the fields' parameters.
+        field: ``"voxel"`` (dense grid, fastest on a CPU), ``"nerf"`` (hash grid) or
+            ``"gaussians"`` (3D Gaussian splatting, rendered by
+            :class:`~cfd3d.render.splat.SplatRenderer`; no occupancy grid or deferred
+            backward; writes ``model.ply`` as splats).
+        voxel, nerf, gaussians: the fields' parameters (the Gaussians' include their
+            learning rates and density control; ``lr``/``lr_mlp`` do not apply to them).
         init_from: start the field (and a learned environment map) from an earlier run
             instead of the initial blob: a finished run's folder (its final checkpoint)
             or a checkpoint file; a relative path is relative to this run's output
@@ -95,6 +114,9 @@ class GenerateConfig:
         gamma_start, gamma_end: the clean-flow SDE refresh rate decays geometrically
             between these (0 and 0: the ODE).
         noise: the noise source (``None``: the method's, seeded by ``seed``).
+        vsd: VSD's trainable copy of the prior (LoRA rank, learning rate, camera).
+        ism: ISM's interval and inversion steps.
+        sdi: SDI's inversion steps, guidance and eta.
         low_vram: Stable Diffusion: float16, attention slicing, sequential CPU offload.
         dtype: Stable Diffusion weights' precision.
         device: ``"cpu"``, ``"cuda"``... (``None``: CUDA when available).
@@ -105,6 +127,11 @@ class GenerateConfig:
         mesh_resolution: marching-cubes cells per axis.
         mesh_threshold: density of the extracted surface (``None``: automatic, half the
             field's interior density, see :func:`cfd3d.export.mesh.auto_threshold`).
+        mesh_faces: the exported mesh is simplified to about this many faces (0: keep
+            marching cubes' own).
+        texture_size: the exported mesh is UV-unwrapped and the field's albedo baked into
+            a texture of this many texels a side (``model.glb`` embeds it; OBJ comes with
+            its MTL and PNG); 0 writes vertex colours instead.
         turntable_frames, turntable_size, fps: the turntable video.
     """
 
@@ -140,6 +167,7 @@ class GenerateConfig:
     field: str = "voxel"
     voxel: VoxelGridConfig = dataclasses.field(default_factory=VoxelGridConfig)
     nerf: NeRFConfig = dataclasses.field(default_factory=NeRFConfig)
+    gaussians: GaussianConfig = dataclasses.field(default_factory=GaussianConfig)
     init_from: str | None = None
     lr: float = 0.05
     lr_mlp: float = 1e-3
@@ -149,6 +177,9 @@ class GenerateConfig:
     gamma_start: float = 1e-2
     gamma_end: float = 1e-4
     noise: NoiseConfig | None = None
+    vsd: VSDConfig = dataclasses.field(default_factory=VSDConfig)
+    ism: ISMConfig = dataclasses.field(default_factory=ISMConfig)
+    sdi: SDIConfig = dataclasses.field(default_factory=SDIConfig)
     low_vram: bool = False
     dtype: str = "auto"
     device: str | None = None
@@ -158,16 +189,22 @@ class GenerateConfig:
     formats: tuple[str, ...] = ("glb",)
     mesh_resolution: int = 96
     mesh_threshold: float | None = None
+    mesh_faces: int = 20000
+    texture_size: int = 1024
     turntable_frames: int = 36
     turntable_size: int = 128
     fps: int = 24
 
     def __post_init__(self) -> None:
+        check_text(self.prompt)
+        check_text(self.negative_prompt, "negative prompt")
         if not self.prompt.strip():
             raise ConfigError("the prompt is empty; pass a text prompt, e.g. 'a red cube'")
         get_method(self.method)
-        if self.field not in ("voxel", "nerf"):
-            raise ConfigError(f"unknown field '{self.field}'; valid: voxel, nerf")
+        if self.field not in ("voxel", "nerf", "gaussians"):
+            raise ConfigError(f"unknown field '{self.field}'; valid: voxel, nerf, gaussians")
+        if self.field == "gaussians":
+            _check_gaussian_options(self)
         if self.background not in ("white", "random", "environment"):
             raise ConfigError(
                 f"unknown background '{self.background}'; valid: white, random, environment"
@@ -217,6 +254,8 @@ class GenerateConfig:
             raise ConfigError(f"perp_neg must be >= 0 (0 turns it off), got {self.perp_neg}")
         if self.guidance_scale < 0.0 or self.lr <= 0.0 or self.lr_mlp <= 0.0:
             raise ConfigError("guidance_scale must be >= 0 and learning rates > 0")
+        if not all(0.0 <= beta < 1.0 for beta in self.betas):
+            raise ConfigError(f"betas (Adam's) must both lie in [0, 1), got {list(self.betas)}")
         if min(self.p_albedo, self.p_textureless) < 0.0 or (
             self.p_albedo + self.p_textureless > 1.0
         ):
@@ -229,6 +268,12 @@ class GenerateConfig:
             )
         for fmt in self.formats:
             check_format(fmt)
+        if self.mesh_faces < 0 or (self.mesh_faces and self.mesh_faces < 100):
+            raise ConfigError(f"mesh_faces must be 0 (keep all) or >= 100, got {self.mesh_faces}")
+        if self.texture_size < 0 or (self.texture_size and self.texture_size < 8):
+            raise ConfigError(
+                f"texture_size must be 0 (vertex colours) or >= 8 texels, got {self.texture_size}"
+            )
 
     def render_size_at(self, step: int) -> int:
         """The render resolution of ``step`` (``render_size``, then ``render_schedule``)."""
@@ -241,6 +286,8 @@ class GenerateConfig:
     def defers_backward(self, size: int) -> bool:
         """Whether a step at render ``size`` back-propagates through a deferred render
         (``deferred_backward``; ``"auto"``: when its rays exceed ``chunk_rays``)."""
+        if self.field == "gaussians":
+            return False
         if self.deferred_backward == "auto":
             return self.views_per_step * size * size > self.chunk_rays
         return self.deferred_backward == "always"
@@ -263,8 +310,14 @@ class GenerateConfig:
 
     @property
     def field_bound(self) -> float:
-        """Half-size of the box the field (voxel grid or NeRF) lives in."""
+        """Half-size of the box the field (voxel grid, NeRF, Gaussians' mesh grid) lives in."""
+        if self.field == "gaussians":
+            return self.gaussians.bound
         return self.voxel.bound if self.field == "voxel" else self.nerf.bound
+
+    def splat_config(self) -> SplatConfig:
+        """The Gaussian rasteriser this run renders with (``field="gaussians"``)."""
+        return SplatConfig(shading=self.shading)
 
     def resolved(self) -> GenerateConfig:
         """This config with the method's defaults filled in (what ``config.json`` holds)."""
@@ -274,6 +327,20 @@ class GenerateConfig:
             timesteps=self.timesteps or method.timesteps,
             weighting=self.weighting or method.weighting,
             noise=self.noise or NoiseConfig(kind=NOISE_OF_METHOD[self.method], seed=self.seed),  # type: ignore[arg-type]
+        )
+
+
+def _check_gaussian_options(config: GenerateConfig) -> None:
+    """Options that do not apply to Gaussians are errors, not silently ignored."""
+    if config.occupancy is not None:
+        raise ConfigError("an occupancy grid does not apply to field gaussians; set occupancy null")
+    if config.deferred_backward == "always":
+        raise ConfigError(
+            "deferred backward does not apply to field gaussians; set deferred_backward auto"
+        )
+    if "ply" in config.formats:
+        raise ConfigError(
+            "field gaussians writes model.ply as splats; drop ply from formats (use obj or glb)"
         )
 
 
@@ -295,6 +362,8 @@ def _cpu_demo(prompt: str) -> GenerateConfig:
         prompt=prompt,
         preset="cpu-demo",
         voxel=VoxelGridConfig(blob_radius=0.4),
+        mesh_faces=10000,
+        texture_size=512,
         turntable_frames=36,
         turntable_size=96,
         fps=12,
@@ -369,8 +438,46 @@ def _sd_cpu(prompt: str) -> GenerateConfig:
     )
 
 
+def _toy_gaussians(prompt: str) -> GenerateConfig:
+    """Embedded prior on a CPU with 3D Gaussians: a blob of 2048 Gaussians of radius 0.4
+    (the toy objects' size, as in ``cpu-demo``) rendered at 32², two views per step,
+    densified every 100 steps between steps 100 and 300. The gradient threshold is set
+    to the distillation gradients' scale (at the start of a run their view-space norms
+    have a median near 0.07 and a 90th percentile near 2), far above 3DGS's photometric
+    2e-4. The mesh is the kernel-sum density's level 0.3 (the best level for a photometric
+    fit of ``blue_cone``, ``benchmarks/fit_gt.py``)."""
+    return GenerateConfig(
+        prompt=prompt,
+        preset="toy-gaussians",
+        field="gaussians",
+        gaussians=GaussianConfig(
+            count=2048,
+            max_count=8192,
+            init_radius=0.4,
+            init_opacity=0.5,
+            lr_means=2e-3,
+            lr_scales=1e-2,
+            lr_quats=1e-2,
+            lr_opacity=5e-2,
+            lr_colors=5e-2,
+            densify_from=100,
+            densify_until=300,
+            densify_every=100,
+            densify_grad_threshold=1.0,
+            dense_scale=0.03,
+        ),
+        mesh_threshold=0.3,
+        mesh_faces=10000,
+        texture_size=512,
+        turntable_frames=36,
+        turntable_size=96,
+        fps=12,
+    )
+
+
 PRESETS: dict[str, typing.Callable[[str], GenerateConfig]] = {
     "cpu-demo": _cpu_demo,
+    "toy-gaussians": _toy_gaussians,
     "sd-stage1": _sd_stage1,
     "sd-low-vram": _sd_low_vram,
     "sd-cpu": _sd_cpu,
@@ -379,8 +486,15 @@ PRESETS: dict[str, typing.Callable[[str], GenerateConfig]] = {
 ``sd-stage1`` for Stable Diffusion on a GPU and ``sd-cpu`` without one."""
 
 
-def default_preset(prior: str, device: str | None) -> str:
-    """The preset a run gets when none is named."""
+def default_preset(prior: str, device: str | None, field: str | None = None) -> str:
+    """The preset a run gets when none is named (``field``: the one asked for, if any)."""
+    if field == "gaussians":
+        if prior == "embedded":
+            return "toy-gaussians"
+        raise ConfigError(
+            "there is no Gaussian preset for Stable Diffusion yet; name one with --preset, or "
+            "start from a config.json with field gaussians (--config)"
+        )
     if prior == "embedded":
         return "cpu-demo"
     import torch
@@ -451,8 +565,18 @@ def _build(cls: type, data: Any, where: str) -> Any:
     values = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
     try:
         return cls(**values)
-    except TypeError as exc:
+    except ConfigError as exc:
+        raise ConfigError(_shortened(str(exc), values)) from None
+    except (TypeError, ValueError) as exc:  # a component's own check of its values
         raise ConfigError(f"invalid {where}: {exc}") from None
+
+
+def _shortened(message: str, values: dict[str, Any]) -> str:
+    """``message`` with every long text value it repeats quoted briefly."""
+    for value in values.values():
+        if isinstance(value, str) and len(value) > QUOTE_CHARS:
+            message = message.replace(value, quote(value))
+    return message
 
 
 def _convert(hint: Any, value: Any, where: str) -> Any:
@@ -466,17 +590,21 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return _build(hint, value, where)
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
+            raise ConfigError(f"{where} must be a list, got {quote(repr(value))}")
         args = typing.get_args(hint)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(args[0], v, where) for v in value)
         if len(args) != len(value):
-            raise ConfigError(f"{where} must have {len(args)} entries, got {value!r}")
+            raise ConfigError(f"{where} must have {len(args)} entries, got {quote(repr(value))}")
         return tuple(_convert(a, v, where) for a, v in zip(args, value, strict=True))
-    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+    if hint is float:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ConfigError(f"{where} must be a number, got {quote(repr(value))}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
         return float(value)
     if hint in (int, str, bool) and not isinstance(value, hint):
-        raise ConfigError(f"{where} must be of type {hint.__name__}, got {value!r}")
+        raise ConfigError(f"{where} must be of type {hint.__name__}, got {quote(repr(value))}")
     if hint is int and isinstance(value, bool):
-        raise ConfigError(f"{where} must be an integer, got {value!r}")
+        raise ConfigError(f"{where} must be an integer, got {quote(repr(value))}")
     return value

@@ -10,12 +10,15 @@ import torch
 import trimesh
 
 from cfd3d.errors import ConfigError
-from cfd3d.export.formats import mesh_to_bytes
-from cfd3d.export.mesh import extract_mesh
+from cfd3d.export.formats import mesh_files
+from cfd3d.export.mesh import extract_mesh, vertex_colors
+from cfd3d.export.ply import gaussians_to_ply
+from cfd3d.export.texture import decimate, textured_mesh
 from cfd3d.export.video import frames_to_gif, frames_to_mp4, preview_grid, turntable_frames
 from cfd3d.generate.run import Run
 from cfd3d.io import atomic_write_bytes
 from cfd3d.render import SolidBackground
+from cfd3d.scene.gaussians import GaussianField
 
 MESH_NAME = "model"
 TURNTABLE_NAME = "turntable"
@@ -73,6 +76,8 @@ def write_outputs(run: Run, folder: Path) -> dict[str, str]:
 
     Every file is written atomically. A field without a surface at the configured
     threshold (nothing was distilled) skips the mesh with a note instead of failing the run.
+    Gaussians are also written as splats, ``model.ply`` in the 3DGS layout
+    (:mod:`cfd3d.export.ply`).
     """
     c = run.config
     written: dict[str, str] = {}
@@ -89,11 +94,39 @@ def write_outputs(run: Run, folder: Path) -> dict[str, str]:
     written["preview"] = str(
         atomic_write_bytes(folder / PREVIEW_NAME, preview_grid(frames[picks], 4))
     )
+    if isinstance(run.field, GaussianField):
+        path = atomic_write_bytes(folder / f"{MESH_NAME}.ply", gaussians_to_ply(run.field))
+        written["splats"] = str(path)
     mesh, notes = run_mesh(run)
     written.update(notes)
     if mesh is None:
         return written
+    mesh = asset_mesh(run, mesh)
     for fmt in c.formats:
-        path = atomic_write_bytes(folder / f"{MESH_NAME}.{fmt}", mesh_to_bytes(mesh, fmt))
-        written[fmt] = str(path)
+        for name, data in mesh_files(mesh, fmt, MESH_NAME).items():
+            path = str(atomic_write_bytes(folder / name, data))
+            written[fmt if name == f"{MESH_NAME}.{fmt}" else f"{fmt}:{name}"] = path
     return written
+
+
+def asset_mesh(run: Run, mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """The mesh as files carry it: simplified to ``mesh_faces`` and, with a
+    ``texture_size``, unwrapped with the field's albedo baked into a texture (else the
+    albedo at the remaining vertices)."""
+    c = run.config
+    field = run.field
+
+    def albedo(points: torch.Tensor) -> torch.Tensor:
+        return field(points).albedo
+
+    with torch.no_grad():
+        if c.texture_size > 0:
+            return textured_mesh(
+                mesh, albedo, c.texture_size, c.mesh_faces, run.device, f"{MESH_NAME}_texture"
+            )
+        simple = decimate(mesh, c.mesh_faces)
+        if simple is not mesh:
+            simple.visual.vertex_colors = vertex_colors(
+                albedo, simple.vertices, 1 << 16, run.device
+            )
+        return simple

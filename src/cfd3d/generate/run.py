@@ -8,29 +8,37 @@ A step is the data flow of DESIGN.md, left to right::
 
 Large renders take the same path with deferred back-propagation (render without graph,
 back-propagate the image gradient chunk by chunk: :mod:`cfd3d.render.deferred`), and an
-optional occupancy grid, refreshed at the start of a step, skips empty space.
+optional occupancy grid, refreshed at the start of a step, skips empty space. Gaussians
+(``field="gaussians"``) render through :class:`~cfd3d.render.splat.SplatRenderer`, and
+after the Adam step go through adaptive density control, which resizes them and Adam's
+state (:func:`~cfd3d.scene.gaussians.adaptive_density_control`).
 
-CFD, SDS and FSD share it; they differ only in the noise source, the timestep schedule
-and ``w(t)`` (:mod:`cfd3d.distill.methods`). Every random draw of step ``i`` comes from
-generators keyed by ``(seed, i)``, so a resumed run repeats an uninterrupted one exactly.
+Every method shares it through one dispatch, the update rule built once per run
+(:func:`cfd3d.distill.methods.make_rule`): CFD, SDS and FSD differ only in the noise
+source, the timestep schedule and ``w(t)``; VSD, ISM and SDI bring their own rules.
+Every random draw of step ``i`` comes from generators keyed by ``(seed, i)``, so a
+resumed run repeats an uninterrupted one exactly.
 """
 
 from __future__ import annotations
 
+import io
 import math
+import re
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from cfd3d.distill.cfd import cfd_gradient
 from cfd3d.distill.gamma import gamma_at
 from cfd3d.distill.loss import gradient_loss
+from cfd3d.distill.methods import make_rule
 from cfd3d.distill.timesteps import timestep_fraction
 from cfd3d.errors import ConfigError, UserError
 from cfd3d.generate.config import GenerateConfig, config_to_dict
-from cfd3d.io import atomic_torch_save
+from cfd3d.io import atomic_write_bytes, atomic_write_text, sha256_hex
 from cfd3d.noise import make_noise
 from cfd3d.priors.base import Condition, Prior
 from cfd3d.priors.prompts import view_prompt
@@ -43,14 +51,17 @@ from cfd3d.render import (
 from cfd3d.render.deferred import render_deferred
 from cfd3d.render.occupancy import OccupancyGrid
 from cfd3d.render.shading import ShadingConfig
+from cfd3d.render.splat import SplatInfo, SplatRenderer
 from cfd3d.render.types import RenderOutput
 from cfd3d.scene.cameras import Cameras
+from cfd3d.scene.gaussians import GaussianField, adaptive_density_control
 from cfd3d.scene.nerf import NeRFField
 from cfd3d.scene.sampling import VIEW_LABELS, sample_cameras, view_labels
 from cfd3d.scene.voxel import VoxelGridField
 
 _STEP_STREAM = 0x5EED_0001
 _OCCUPANCY_STREAM = 0x5EED_0002
+_DENSIFY_STREAM = 0x5EED_0004  # 0x5EED_0003: the update rules (cfd3d.distill.methods)
 
 
 @dataclass
@@ -93,11 +104,17 @@ class Run:
         seed_gen = torch.Generator().manual_seed(config.seed)
         if config.field == "voxel":
             self.field: torch.nn.Module = VoxelGridField(config.voxel, generator=seed_gen)
+        elif config.field == "gaussians":
+            self.field = GaussianField(config.gaussians, generator=seed_gen)
         else:
             self.field = NeRFField(config.nerf, generator=seed_gen)
         self.field.to(self.device)
         self.background = self._make_background()
         self.renderer = VolumeRenderer(config.renderer_config())
+        self.splatter: SplatRenderer | None = None
+        if config.field == "gaussians":
+            self.splatter = SplatRenderer(config.splat_config())
+        self._splat_info: SplatInfo | None = None
         self.occupancy: OccupancyGrid | None = None
         if config.occupancy is not None:
             self.occupancy = OccupancyGrid(config.occupancy, config.field_bound).to(self.device)
@@ -111,6 +128,7 @@ class Run:
                 )
         self.noise = make_noise(config.noise, prior.input_shape)
         self.optimizer = torch.optim.Adam(self._param_groups(), betas=config.betas, eps=1e-15)
+        self.rule = make_rule(config.method, prior, config.seed, config.vsd, config.ism, config.sdi)
         self.step = 0
         self.bad_steps = 0
         self._conditions = self._embed_prompts()
@@ -132,6 +150,8 @@ class Run:
                 {"params": self.field.grid_parameters(), "lr": c.lr},
                 {"params": self.field.mlp_parameters(), "lr": c.lr_mlp},
             ]
+        elif isinstance(self.field, GaussianField):
+            groups = self.field.parameter_groups()
         else:
             groups = [{"params": list(self.field.parameters()), "lr": c.lr}]
         if isinstance(self.background, torch.nn.Module):
@@ -193,6 +213,19 @@ class Run:
     def render(
         self, cameras: Cameras, size: int, shading=None, generator=None, background=None
     ) -> RenderOutput:
+        if self.splatter is not None:
+            out, info = self.splatter.render_with_info(
+                self.field,  # type: ignore[arg-type]
+                cameras.to(self.device),
+                size,
+                size,
+                shading=shading,
+                background=background or self.background,
+                generator=generator,
+            )
+            if torch.is_grad_enabled():  # a training render: keep it for density control
+                self._splat_info = info
+            return out
         return self.renderer(
             self.field,
             cameras.to(self.device),
@@ -251,14 +284,14 @@ class Run:
         fraction = timestep_fraction(c.timesteps, i, c.steps, c.seed)  # type: ignore[arg-type]
         t = self.prior.schedule.index(fraction)
         t_batch = torch.full((len(cameras),), int(t), dtype=torch.long, device=self.device)
-        grad = cfd_gradient(
-            self.prior,
+        grad = self.rule.gradient(
             z,
             t_batch,
             self.condition(cameras),
             c.guidance_scale,
             eps_tilde.to(z.dtype),
             c.weighting,  # type: ignore[arg-type]
+            i,
         )
         t_prior = self._clock()
         loss = gradient_loss(z, grad)
@@ -279,6 +312,7 @@ class Run:
         else:
             self.optimizer.zero_grad(set_to_none=True)
             self.bad_steps += 1
+        self._control_density(i, finite)
         self.noise.refresh(gamma_at(i, c.steps, c.gamma_start, c.gamma_end))
         t_end = self._clock()
         self.step = i + 1
@@ -295,6 +329,20 @@ class Run:
             step_ms=1e3 * (t_end - tic),
         )
 
+    def _control_density(self, i: int, finite: bool) -> None:
+        """Gaussians' adaptive density control after step ``i``: add this step's
+        view-space gradients to the statistics (finite steps only), then clone, split,
+        prune or reset opacities when due (:func:`adaptive_density_control`)."""
+        info, self._splat_info = self._splat_info, None
+        if not isinstance(self.field, GaussianField):
+            return
+        if finite and info is not None:
+            self.field.accumulate_stats(info.ndc_grad(), info.visible, info.radius)
+        generator = torch.Generator().manual_seed(
+            (self.config.seed * 1_000_003 + i) ^ _DENSIFY_STREAM
+        )
+        adaptive_density_control(self.field, self.optimizer, i + 1, generator)
+
     # --------------------------------------------------------------------- checkpoints
 
     def state_dict(self) -> dict:
@@ -310,6 +358,9 @@ class Run:
             state["background"] = self.background.state_dict()
         if self.occupancy is not None:
             state["occupancy"] = self.occupancy.state_dict()
+        rule = self.rule.state_dict()  # VSD's trainable copy
+        if rule:
+            state["rule"] = rule
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -320,38 +371,136 @@ class Run:
             self.background.load_state_dict(state["background"])
         if self.occupancy is not None:
             self.occupancy.load_state_dict(state["occupancy"])
+        if "rule" in state:
+            self.rule.load_state_dict(state["rule"])
         self.step = int(state["step"])
         self.bad_steps = int(state["bad_steps"])
 
     def save_checkpoint(self, folder: Path) -> Path:
-        """Write ``folder/step_NNNNNN.pt`` atomically and prune old ones."""
-        path = atomic_torch_save(folder / f"step_{self.step:06d}.pt", self.state_dict())
-        for old in list_checkpoints(folder)[: -self.config.keep_checkpoints]:
-            old.unlink(missing_ok=True)
-        return path
+        """Write ``folder/step_NNNNNN.pt`` and prune old ones (see :func:`write_checkpoint`)."""
+        return write_checkpoint(folder, self.step, self.state_dict(), self.config.keep_checkpoints)
+
+
+CHECKSUM_SUFFIX = ".sha256"
+"""A checkpoint ``step_NNNNNN.pt`` has its SHA-256 in ``step_NNNNNN.pt.sha256`` beside it."""
+
+_CHECKPOINT = re.compile(r"step_(\d{6,})\.pt")
+_REQUIRED = ("step", "bad_steps", "field", "optimizer", "noise")
+
+
+class DamagedCheckpoint(UserError):
+    """A checkpoint file that cannot be used; ``reason`` says why in a few words."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(
+            f"checkpoint '{path}' is unusable ({reason}); delete it to resume from an earlier "
+            "checkpoint, or start afresh with another --out"
+        )
+        self.path = path
+        self.reason = reason
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint file's name records (``step_000120.pt`` -> 120)."""
+    match = _CHECKPOINT.fullmatch(path.name)
+    if match is None:
+        raise ValueError(f"'{path.name}' is not a checkpoint name")
+    return int(match.group(1))
+
+
+def write_checkpoint(folder: Path, step: int, state: dict, keep: int) -> Path:
+    """Write ``state`` as ``folder/step_NNNNNN.pt`` with its checksum, then prune.
+
+    The checksum file is written first and each file atomically, so a kill at any moment
+    leaves either the previous checkpoints or those plus a complete, verifiable new one.
+    Pruning keeps the new checkpoint and the ``keep - 1`` newest before it, and removes
+    checkpoints of later steps (left by a run that was resumed from an earlier one; this
+    run computes those steps again) and temporary files of interrupted writes.
+
+    Raises:
+        cfd3d.io.DiskFullError: the disk is full; the earlier checkpoints are untouched.
+    """
+    buffer = io.BytesIO()
+    torch.save(_interned(state), buffer)
+    data = buffer.getvalue()
+    path = folder / f"step_{step:06d}.pt"
+    atomic_write_text(_checksum_path(path), f"{sha256_hex(data)}  {path.name}\n")
+    atomic_write_bytes(path, data)
+    older = [p for p in list_checkpoints(folder) if checkpoint_step(p) < step]
+    later = [p for p in list_checkpoints(folder) if checkpoint_step(p) > step]
+    for old in [*older[: max(len(older) - (keep - 1), 0)], *later]:
+        remove_checkpoint(old)
+    for stale in folder.glob(".step_*.tmp"):
+        stale.unlink(missing_ok=True)
+    return path
+
+
+def _interned(obj: object) -> object:
+    """``obj`` with every string interned, so that its pickle (which shares repeated
+    objects) is a function of its value alone: a resumed run's checkpoint, whose optimizer
+    state keys were unpickled, has the same bytes as an uninterrupted run's."""
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if isinstance(obj, dict):
+        return {_interned(k): _interned(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_interned(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_interned(v) for v in obj)
+    return obj
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint file and its checksum file (either may be missing)."""
+    path.unlink(missing_ok=True)
+    _checksum_path(path).unlink(missing_ok=True)
+
+
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
 
 
 def list_checkpoints(folder: Path) -> list[Path]:
-    """Checkpoints in ``folder``, oldest first."""
-    return sorted(folder.glob("step_*.pt")) if folder.is_dir() else []
+    """Checkpoints in ``folder``, oldest first (by step)."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        (p for p in folder.iterdir() if _CHECKPOINT.fullmatch(p.name)), key=checkpoint_step
+    )
 
 
 def read_checkpoint(path: Path) -> dict:
-    """Load a checkpoint file.
+    """Load a checkpoint file, verified against its checksum file and its structure.
+
+    A checkpoint without a checksum file (written by an older cfd3d) is checked for its
+    structure only.
 
     Raises:
-        UserError: the file is unreadable or not a cfd3d checkpoint.
+        DamagedCheckpoint: the file is unreadable, fails its checksum or is not a cfd3d
+            generate checkpoint (``reason`` says which).
     """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DamagedCheckpoint(path, f"cannot read it: {exc.strerror or exc}") from None
+    try:
+        recorded = _checksum_path(path).read_text().split()[0]
+    except (OSError, UnicodeDecodeError, IndexError):
+        recorded = None
+    if recorded is not None and recorded != sha256_hex(data):
+        raise DamagedCheckpoint(path, "its SHA-256 does not match its .sha256 file: damaged")
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many types for damaged files
-        raise UserError(
-            f"checkpoint '{path}' is unreadable ({type(exc).__name__}); delete it to resume "
-            "from an earlier checkpoint, or start afresh with another --out"
-        ) from None
-    if not isinstance(state, dict) or not {"step", "field", "optimizer", "noise"} <= set(state):
-        raise UserError(
-            f"'{path}' is not a cfd3d generate checkpoint; delete it to resume from an "
-            "earlier checkpoint, or start afresh with another --out"
-        )
+        raise DamagedCheckpoint(path, f"unreadable: {type(exc).__name__}") from None
+    if not isinstance(state, dict) or not set(_REQUIRED) <= set(state):
+        raise DamagedCheckpoint(path, "not a cfd3d generate checkpoint")
+    if not isinstance(state["field"], dict) or not all(
+        isinstance(v, torch.Tensor) for v in state["field"].values()
+    ):
+        raise DamagedCheckpoint(path, "its field is not a set of tensors")
+    if not isinstance(state["step"], int) or state["step"] < 0:
+        raise DamagedCheckpoint(path, f"its step is {state['step']!r}")
+    if _CHECKPOINT.fullmatch(path.name) and checkpoint_step(path) != state["step"]:
+        raise DamagedCheckpoint(path, f"it holds step {state['step']}, not the step of its name")
     return state

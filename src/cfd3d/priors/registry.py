@@ -28,6 +28,23 @@ PRIORS: dict[str, Callable[[], Prior]] = {
 }
 
 
+TEXT_TO_IMAGE = ("embedded",)
+"""The built-in priors that draw images from text (``gmm`` is the 2-D playground's)."""
+
+
+def check_text_to_image(name: str) -> None:
+    """Refuse a built-in prior that is not a text-to-image model (for ``generate``).
+
+    Raises:
+        ConfigError: naming the prior and the ones that work.
+    """
+    if name in PRIORS and name not in TEXT_TO_IMAGE:
+        raise ConfigError(
+            f"prior '{name}' is not a text-to-image model (it is for 'cfd3d image'); use "
+            f"{', '.join(TEXT_TO_IMAGE)}, '{CONFIGURED_SD}' or a Stable Diffusion model"
+        )
+
+
 def is_stable_diffusion(name: str) -> bool:
     """Whether ``name`` denotes a Stable Diffusion (or MVDream) checkpoint: ``"sd"``, a hub
     id, a folder or a single file."""

@@ -1,4 +1,5 @@
-"""Turning fields into images: the volume renderer, shading and backgrounds."""
+"""Turning fields into images: the volume renderer, the Gaussian rasteriser, shading and
+backgrounds."""
 
 from cfd3d.render.background import (
     Background,
@@ -9,6 +10,7 @@ from cfd3d.render.background import (
 )
 from cfd3d.render.occupancy import OccupancyConfig, OccupancyGrid
 from cfd3d.render.shading import SHADING_MODES, ShadingConfig, ShadingMode
+from cfd3d.render.splat import SplatConfig, SplatRenderer
 from cfd3d.render.types import RenderOutput
 from cfd3d.render.volume import RendererConfig, VolumeRenderer
 
@@ -25,5 +27,7 @@ __all__ = [
     "ShadingConfig",
     "ShadingMode",
     "SolidBackground",
+    "SplatConfig",
+    "SplatRenderer",
     "VolumeRenderer",
 ]

@@ -11,7 +11,7 @@ The distillation loop picks a mode per step; light positions are drawn per view.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -66,6 +66,24 @@ class ShadingConfig:
     @property
     def needs_normals(self) -> bool:
         return self.mode != "albedo"
+
+
+def resolve_shading(
+    default: ShadingConfig, shading: ShadingMode | ShadingConfig | None
+) -> ShadingConfig:
+    """A renderer's shading for one call: ``default`` (``None``), ``default`` in another
+    mode (a mode name) or ``shading`` itself (a config).
+
+    Raises:
+        ConfigError: for an unknown mode name.
+    """
+    if shading is None:
+        return default
+    if isinstance(shading, ShadingConfig):
+        return shading
+    if shading not in SHADING_MODES:
+        raise ConfigError(f"unknown shading mode {shading!r}; valid: {', '.join(SHADING_MODES)}")
+    return replace(default, mode=shading)
 
 
 def light_positions(

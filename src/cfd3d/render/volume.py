@@ -17,7 +17,7 @@ composited as packed samples (nerfacc's scheme, Li et al. 2023).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
@@ -38,7 +38,7 @@ from cfd3d.render.rays import (
     stratified_samples,
 )
 from cfd3d.render.samples import shade_samples
-from cfd3d.render.shading import SHADING_MODES, ShadingConfig, ShadingMode, light_positions
+from cfd3d.render.shading import ShadingConfig, ShadingMode, light_positions, resolve_shading
 from cfd3d.render.types import RenderOutput
 from cfd3d.scene.cameras import Cameras
 from cfd3d.scene.fields import NORMAL_METHODS, Field, NormalMethod
@@ -115,17 +115,6 @@ class VolumeRenderer:
     def __init__(self, config: RendererConfig | None = None):
         self.config = config or RendererConfig()
 
-    def _shading(self, shading: ShadingMode | ShadingConfig | None) -> ShadingConfig:
-        if shading is None:
-            return self.config.shading
-        if isinstance(shading, ShadingConfig):
-            return shading
-        if shading not in SHADING_MODES:
-            raise ConfigError(
-                f"unknown shading mode {shading!r}; valid: {', '.join(SHADING_MODES)}"
-            )
-        return replace(self.config.shading, mode=shading)
-
     def __call__(
         self,
         field: Field,
@@ -157,7 +146,7 @@ class VolumeRenderer:
             :class:`RenderOutput` with ``(B, H, W, C)`` maps; ``normal`` is set when the
             shading needs normals or ``config.normals`` is true.
         """
-        shading_config = self._shading(shading)
+        shading_config = resolve_shading(self.config.shading, shading)
         background = background or SolidBackground()
         origins, directions = cameras.rays(height, width)
         n_views = len(cameras)
@@ -214,7 +203,7 @@ class VolumeRenderer:
             sphere (or, with ``occupancy``, meet only empty cells) are zero. ``normal`` is
             set when the shading needs normals or ``config.normals`` is true.
         """
-        shading_config = self._shading(shading)
+        shading_config = resolve_shading(self.config.shading, shading)
         want_normals = self.config.normals or shading_config.needs_normals
         if shading_config.needs_normals and lights is None:
             raise ValueError(f"shading mode {shading_config.mode!r} needs light positions")

@@ -5,12 +5,14 @@
 * :mod:`cfd3d.scene.fields` — the :class:`Field` protocol and normals;
 * :mod:`cfd3d.scene.encoding`, :mod:`cfd3d.scene.nerf` — the hash-grid NeRF;
 * :mod:`cfd3d.scene.voxel` — the dense voxel-grid field;
+* :mod:`cfd3d.scene.gaussians` — 3D Gaussians with adaptive density control;
 * :mod:`cfd3d.scene.toy` — analytic toy scenes with exact meshes (imports trimesh, so it
   is not imported here).
 """
 
 from cfd3d.scene.cameras import Cameras, look_at, orbit, spherical_cameras
 from cfd3d.scene.fields import Field, FieldOutput, NormalField, field_normals
+from cfd3d.scene.gaussians import GaussianConfig, GaussianField
 from cfd3d.scene.nerf import NeRFConfig, NeRFField
 from cfd3d.scene.sampling import (
     VIEW_LABELS,
@@ -27,6 +29,8 @@ __all__ = [
     "Cameras",
     "Field",
     "FieldOutput",
+    "GaussianConfig",
+    "GaussianField",
     "NeRFConfig",
     "NeRFField",
     "NormalField",

@@ -8,9 +8,10 @@ import time
 import torch
 
 from cfd3d.diffusion.samplers import ddim_sample, ddim_timesteps
-from cfd3d.errors import ConfigError
+from cfd3d.errors import ConfigError, OutputError
 from cfd3d.io import atomic_torch_save, atomic_write_bytes, ensure_writable_dir
 from cfd3d.priors.embedded.prior import EmbeddedPrior
+from cfd3d.text import check_text
 
 
 @torch.no_grad()
@@ -41,12 +42,17 @@ def sample_images(
 def _run_sample(args: argparse.Namespace) -> int:
     from cfd3d.export.video import preview_grid
 
+    check_text(args.prompt)
     if not args.prompt.strip():
         raise ConfigError("the prompt is empty; pass a text prompt, e.g. 'a red cube'")
     if args.n <= 0 or args.steps <= 0:
         raise ConfigError("-n and --steps must be positive integers")
     out = args.out
-    ensure_writable_dir(out.parent if out.suffix else out)
+    if out.is_dir():
+        raise OutputError(f"--out '{out}' is a folder; name a PNG file, e.g. {out / 'samples.png'}")
+    if out.suffix.lower() != ".png":
+        raise OutputError(f"--out '{out}' must name a .png file, e.g. samples.png")
+    ensure_writable_dir(out.parent)
     prior = EmbeddedPrior.load(args.weights)
     tic = time.perf_counter()
     images = sample_images(prior, args.prompt, args.n, args.guidance, args.steps, args.seed)
@@ -62,7 +68,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cfd3d.priors.embedded.tokenizer import WordTokenizer
-    from cfd3d.priors.embedded.training import TrainConfig, train
+    from cfd3d.priors.embedded.training import TrainConfig, read_training_checkpoint, train
     from cfd3d.priors.embedded.weights import write_weights
     from cfd3d.priors.embedded.world import WorldConfig, caption, render_world, vocabulary
 
@@ -76,12 +82,14 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.dataset_size is not None:
         config = replace(config, dataset_size=args.dataset_size)
     world = WorldConfig(image_size=config.unet.image_size)
+    if (args.work / "checkpoint.pt").exists():  # another run's is refused before any work
+        read_training_checkpoint(args.work / "checkpoint.pt", config)
     ensure_writable_dir(args.work)
     ensure_writable_dir(args.out.parent)
     tic = time.perf_counter()
     data_file = args.work / "dataset.pt"
     key = {"world": asdict(world), "n": config.dataset_size, "seed": config.seed}
-    cached = torch.load(data_file, weights_only=False) if data_file.exists() else None
+    cached = _read_dataset(data_file)
     if cached is not None and cached["key"] == key:
         images, items = cached["images"], cached["items"]
     else:
@@ -115,6 +123,22 @@ def _run_train(args: argparse.Namespace) -> int:
     checksum = write_weights(model, metadata, args.out)
     print(f"wrote {args.out} (sha256 {checksum[:12]}..., {minutes:.1f} min this call)")
     return 0
+
+
+def _read_dataset(path) -> dict | None:
+    """The cached dataset in ``path``, or ``None`` when absent or damaged (rendered again)."""
+    if not path.exists():
+        return None
+    try:
+        cached = torch.load(path, weights_only=False)
+    except Exception as exc:  # torch raises many types for damaged files
+        print(
+            f"warning: cached dataset '{path}' is damaged ({type(exc).__name__}); rendering again"
+        )
+        return None
+    return (
+        cached if isinstance(cached, dict) and {"key", "images", "items"} <= set(cached) else None
+    )
 
 
 def _run_vocab(args: argparse.Namespace) -> int:

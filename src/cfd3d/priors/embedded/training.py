@@ -18,6 +18,7 @@ import torch
 from torch.nn import functional as F
 
 from cfd3d.diffusion.schedule import make_schedule
+from cfd3d.errors import UserError
 from cfd3d.io import atomic_torch_save
 from cfd3d.priors.embedded.tokenizer import WordTokenizer
 from cfd3d.priors.embedded.unet import TinyUNet, UNetConfig
@@ -103,7 +104,7 @@ def train(
     gen = torch.Generator().manual_seed(config.seed + 1)
     start = 0
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+        state = read_training_checkpoint(checkpoint, config)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimiser.load_state_dict(state["optimiser"])
@@ -148,3 +149,33 @@ def train(
         if progress is not None:
             progress(step, loss.item(), time.perf_counter() - tic)
     return ema.eval()
+
+
+def read_training_checkpoint(path: Path, config: TrainConfig) -> dict:
+    """A training checkpoint of ``config`` (its ``steps`` may differ: a longer run resumes
+    a shorter one).
+
+    Raises:
+        UserError: the file is damaged, or it belongs to a training run of another seed or
+            configuration.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for damaged files
+        raise UserError(
+            f"training checkpoint '{path}' is unreadable ({type(exc).__name__}); delete it to "
+            "train afresh"
+        ) from None
+    if not isinstance(state, dict) or "config" not in state:
+        raise UserError(
+            f"'{path}' is not a training checkpoint; delete it or choose another --work"
+        )
+    theirs, mine = dict(state["config"]), asdict(config)
+    if {**theirs, "steps": 0} != {**mine, "steps": 0}:
+        differ = sorted(k for k in mine if theirs.get(k) != mine[k] and k != "steps")
+        raise UserError(
+            f"'{path}' is a training run with other settings ({', '.join(differ)}: e.g. seed "
+            f"{theirs.get('seed')}, not {mine['seed']}); choose another --work, or delete it to "
+            "train afresh"
+        )
+    return state
