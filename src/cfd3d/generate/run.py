@@ -426,8 +426,9 @@ def write_checkpoint(folder: Path, step: int, state: dict, keep: int) -> Path:
     path = folder / f"step_{step:06d}.pt"
     atomic_write_text(_checksum_path(path), f"{sha256_hex(data)}  {path.name}\n")
     atomic_write_bytes(path, data)
-    older = [p for p in list_checkpoints(folder) if checkpoint_step(p) < step]
-    later = [p for p in list_checkpoints(folder) if checkpoint_step(p) > step]
+    present = list_checkpoints(folder)
+    older = [p for p in present if checkpoint_step(p) < step]
+    later = [p for p in present if checkpoint_step(p) > step]
     for old in [*older[: max(len(older) - (keep - 1), 0)], *later]:
         remove_checkpoint(old)
     for stale in folder.glob(".step_*.tmp"):
