@@ -27,25 +27,36 @@ Single-object prompts ("a red cube", ``--prompts``), ``--seeds`` seeds each:
 * ``diversity``: mean pairwise RMS distance between the albedo orbit renders of different
   seeds of one prompt, averaged over prompts (0 when ``--seeds`` is 1).
 
+Results and the prior's samples are judged on images made alike: each result is also
+rendered from :data:`WORLD_VIEWS` cameras drawn from the toy world's own camera
+distribution, with its random point light (flat albedo in the world's share of views), at
+its 32², quantised to 8 bits (:func:`world_views`) — single images like the ones the prior
+was trained on and samples, not the fixed orbit.
+
 Underspecified prompts ("a red object", "a torus", ``--underspecified``), ``--under-seeds``
 seeds each: a probe classifier trained only on ground-truth renders (the one of
-``benchmarks/toy_prior.py``) names each result's missing attribute (its shape for "a red
-object", its colour for "a torus") by majority vote over the orbit, rendered at the world's
-32² with its diffuse shading and a headlight. ``mode_tv`` is the total-variation distance
-between the results' classes and the classes of ``--prior-samples`` DDIM samples (50 steps,
-the preset's guidance) of the prior itself for that prompt.
+``benchmarks/toy_prior.py``) names the missing attribute (the shape for "a red object",
+the colour for "a torus") of every single image: of each of a result's world views, and of
+each of ``--prior-samples`` DDIM samples (50 steps, the preset's guidance) of the prior
+itself for that prompt. A method's class frequencies are the mean over its results of
+their views' class shares; ``mode_tv`` is their total-variation distance from the prior's.
+``mode_tv_band``: the 5-95 % range of the same distance for a perfect sampler drawing as
+many results (each result one draw from the prior's frequencies).
 
 Every prompt, with the same probe (:mod:`cfd3d.evaluation.probe`), against
 ``--prior-samples`` samples of the prior for that prompt:
 
 * ``probe_fid`` (the FID analogue, ↓): Fréchet distance between the probe's penultimate
-  features of the results' headlit orbit renders (all seeds pooled) and of the prior's
-  samples; ``probe_fid_floor`` is the distance between two halves of the prior's own
-  samples (what a perfect sampler scores at this sample size, roughly);
-  ``probe_fid_seed_std``: the spread over seeds of one seed's orbit against the samples;
+  features of the results' world views (all seeds pooled) and of the prior's samples;
+  ``probe_fid_floor`` is the distance between two halves of the prior's own samples (what
+  a perfect sampler scores at this sample size, roughly); ``probe_fid_truth`` the distance
+  of the ground-truth object's world views (fully named prompts; the same cameras as the
+  results'), what an exact reconstruction of the world's object would score;
+  ``probe_fid_seed_std``: the spread over seeds of one seed's views against the samples;
 * ``probe_clip`` (the CLIP-score analogue, ↑): the probe's mean probability of the
-  prompt's named colour and shape on the results' orbit renders (``probe_clip_prior``:
-  the same on the prior's samples); ``probe_clip_seed_std``: its spread over seeds.
+  prompt's named colour and shape on the results' world views (``probe_clip_prior``: the
+  same on the prior's samples, ``probe_clip_truth`` on the ground truth's views);
+  ``probe_clip_seed_std``: its spread over seeds.
 
 Per method also ``noise_share`` (time in the noise source / step time, all runs) and
 ``wall_s`` (distillation and evaluation of its runs).
@@ -60,14 +71,16 @@ thread of the 2-core box, so the default benchmark (3 x 3 + 2 x 8 runs per metho
 long; ``--quick`` is a smoke run of seconds (3 steps, one prompt and seed of each kind).
 Unless ``--quick``, ``docs/toyworld.md`` (tables) and ``docs/toyworld.png`` (rows: ground
 truth, then each method; columns: prompts x seeds; a front-right view) are written; ``--docs
-DIR`` writes them to ``DIR`` instead, also with ``--quick``.
+DIR`` writes them to ``DIR`` instead, also with ``--quick``. ``--cache DIR`` keeps each
+run's result (named by a digest of its configs, the evaluation, the prior's weights and the
+thread count), so an interrupted table resumes where it stopped.
 
 Usage::
 
     python benchmarks/toyworld.py [--seed 100] [--seeds 3] [--under-seeds 8] [--steps 500]
         [--methods cfd sds fsd vsd ism sdi] [--ablation]
         [--prompts "a red cube" ...] [--underspecified "a red object" ...]
-        [--weights PATH] [--docs DIR] [--pipeline NAME] [--quick]
+        [--weights PATH] [--docs DIR] [--pipeline NAME] [--cache DIR] [--quick]
 
 The last line of stdout is one JSON object; progress goes to stderr. Bad prompts or counts
 are one line on stderr and exit code 2.
@@ -78,6 +91,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
+import io
 import itertools
 import json
 import multiprocessing
@@ -105,17 +119,19 @@ from cfd3d.evaluation.probe import (
 from cfd3d.export.mesh import occupancy_grid, volumetric_iou
 from cfd3d.export.video import preview_grid, to_uint8
 from cfd3d.generate.command import load_prior_for
-from cfd3d.generate.config import GenerateConfig, preset_config
+from cfd3d.generate.config import GenerateConfig, preset_config, save_config
 from cfd3d.generate.outputs import run_mesh
 from cfd3d.generate.pipeline import configure, pipeline_config, start_from
 from cfd3d.generate.run import Run
-from cfd3d.io import atomic_write_bytes, atomic_write_text
+from cfd3d.io import atomic_write_bytes, atomic_write_text, sha256_hex
 from cfd3d.noise import NoiseConfig
 from cfd3d.priors.base import Prior
 from cfd3d.priors.embedded.commands import sample_images
-from cfd3d.priors.embedded.world import BASIC_SHAPES, WORLD_SHADING
+from cfd3d.priors.embedded.weights import sha256_of
+from cfd3d.priors.embedded.world import BASIC_SHAPES, WORLD_SHADING, WorldConfig
 from cfd3d.render import ShadingConfig, SolidBackground
 from cfd3d.scene.cameras import Cameras, orbit, spherical_cameras
+from cfd3d.scene.sampling import CameraSamplerConfig, sample_cameras
 from cfd3d.scene.toy import COLORS, get_scene
 
 METHODS: tuple[str, ...] = ("cfd", "sds", "fsd", "vsd", "ism", "sdi")
@@ -137,6 +153,11 @@ MESH_IOU_RESOLUTION = 64
 """Cells per axis of the volumetric mesh IoU."""
 FIGURE_AZIMUTH = 35.0
 """The figure's view: front-right, so that two sides and the top show."""
+WORLD_VIEWS = 16
+"""Views per result drawn as the prior's training images are (:func:`world_views`)."""
+WORLD_VIEW_SEED = 7919
+"""Seeds the world views' cameras and lights (plus the run's seed: each seed of a prompt is
+seen from its own cameras, and its ground truth from the same ones)."""
 ALBEDO = ShadingConfig(mode="albedo")
 HEADLIGHT = replace(WORLD_SHADING, light_jitter=0.0)
 """The toy world's diffuse shading with the light at the camera (probe and figure)."""
@@ -252,12 +273,16 @@ class Views:
         albedo: ``(V, S, S, 3)`` albedo renders on white, ``S`` = :data:`EVAL_SIZE`.
         opacity: ``(V, S, S)`` opacity.
         probe: ``(V, 3, 32, 32)`` headlit renders at the world's size, 8-bit quantised.
+        world: ``(W, 3, 32, 32)`` renders drawn as the prior's training images are (its
+            cameras, lighting and share of flat albedo; :func:`world_views`), 8-bit
+            quantised: what the probe metrics compare with the prior's own samples.
         figure: ``(F, F, 3)`` uint8 headlit front-right view.
     """
 
     albedo: torch.Tensor
     opacity: torch.Tensor
     probe: torch.Tensor
+    world: torch.Tensor
     figure: np.ndarray
 
 
@@ -269,8 +294,40 @@ def evaluation_cameras() -> tuple[Cameras, Cameras]:
 
 
 @torch.no_grad()
-def look(run: Run, field: torch.nn.Module, size: int) -> Views:
-    """Render ``field`` (the run's, or a ground-truth scene) with the run's renderer."""
+def world_views(run: Run, field: torch.nn.Module, seed: int) -> torch.Tensor:
+    """``(WORLD_VIEWS, 3, 32, 32)`` renders of ``field`` made the way the toy world makes the
+    prior's training images (:func:`cfd3d.priors.embedded.world.render_world`): cameras
+    from the world's camera distribution, its random point light, flat albedo in the
+    world's share of images, on white; quantised to 8 bits as the prior's samples are.
+
+    The probe metrics compare these with the prior's samples, so both sides are single
+    images drawn alike; deterministic for a ``seed``.
+    """
+    gen = torch.Generator().manual_seed(WORLD_VIEW_SEED + seed)
+    cameras = sample_cameras(CameraSamplerConfig(), WORLD_VIEWS, gen)
+    albedo = torch.rand(WORLD_VIEWS, generator=gen) < WorldConfig().p_albedo
+    out = torch.empty((WORLD_VIEWS, 3, 32, 32))
+    for flat, shading in ((False, WORLD_SHADING), (True, ALBEDO)):
+        index = (albedo == flat).nonzero()[:, 0]
+        if len(index) == 0:
+            continue
+        rgb = run.renderer(
+            field,
+            cameras[index].to(run.device),
+            32,
+            32,
+            shading=shading,
+            background=SolidBackground(),
+            generator=torch.Generator(run.device).manual_seed(WORLD_VIEW_SEED + seed),
+        ).rgb
+        out[index] = rgb.clamp(0, 1).permute(0, 3, 1, 2).cpu()
+    return (out * 255).round() / 255.0
+
+
+@torch.no_grad()
+def look(run: Run, field: torch.nn.Module, size: int, seed: int) -> Views:
+    """Render ``field`` (the run's, or a ground-truth scene) with the run's renderer;
+    ``seed`` chooses the world views' cameras (:func:`world_views`)."""
     cameras, figure_camera = evaluation_cameras()
     device = run.device
     white = SolidBackground()
@@ -285,6 +342,7 @@ def look(run: Run, field: torch.nn.Module, size: int) -> Views:
         albedo=albedo.rgb.clamp(0, 1).cpu(),
         opacity=albedo.opacity[..., 0].cpu(),
         probe=((probe * 255).round() / 255.0).cpu(),
+        world=world_views(run, field, seed),
         figure=to_uint8(figure.cpu())[0],
     )
 
@@ -378,7 +436,7 @@ def distil(
         step_ms += step.step_ms
     distill_s = time.perf_counter() - tic
     run.field.eval()
-    views = look(run, run.field, size)
+    views = look(run, run.field, size, config.seed)
     timing = {
         "noise_ms": noise_ms,
         "step_ms": step_ms,
@@ -454,6 +512,48 @@ def stage_labels(methods: list[str], pipeline: str | None) -> list[str]:
     return [f"{m}:{s}" for m in methods for s in stages]
 
 
+CACHE_VERSION = 2
+"""Bumped when what a cached run holds, or how it is evaluated, changes."""
+
+
+def job_key(job: Job, weights_sha: str, threads: int) -> str:
+    """The name of ``job``'s results in a ``--cache`` folder: a digest of every stage's
+    config, the evaluation, the prior's weights and the thread count (float sums depend on
+    it), so a changed run is never read from an old result."""
+    text = json.dumps(
+        {
+            "version": CACHE_VERSION,
+            "configs": [(label, save_config(c)) for label, c in job_configs(job)],
+            "prompt": job.prompt.text,
+            "size": job.size,
+            "orbit": [ORBIT_VIEWS, ELEVATION, DISTANCE, FOVY, MESH_IOU_RESOLUTION],
+            "world_views": [WORLD_VIEWS, WORLD_VIEW_SEED],
+            "weights": weights_sha,
+            "threads": threads,
+        },
+        sort_keys=True,
+    )
+    return sha256_hex(text.encode())[:24]
+
+
+def read_cached(path: Path) -> list[tuple[Result, Views | None]] | None:
+    """A cached job's results, or ``None`` when there is none (or it cannot be read: the
+    job is then run again)."""
+    try:
+        return torch.load(path, weights_only=False)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # a damaged cache file: recompute, say so
+        print(f"ignoring unreadable cached result {path} ({exc})", file=sys.stderr)
+        return None
+
+
+def write_cached(path: Path, runs: list[tuple[Result, Views | None]]) -> None:
+    buffer = io.BytesIO()
+    torch.save(runs, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def run_job(job: Job, prior: Prior | None = None) -> list[tuple[Result, Views | None]]:
     """Distil ``job`` (each stage from the previous stage's final state), one result per
     run; also render the ground truth of a fully named prompt."""
@@ -466,7 +566,8 @@ def run_job(job: Job, prior: Prior | None = None) -> list[tuple[Result, Views | 
         truth = None
         iou = None
         if job.prompt.missing is None:
-            truth = look(run_, get_scene(f"{job.prompt.color}_{job.prompt.shape}"), job.size)
+            scene = get_scene(f"{job.prompt.color}_{job.prompt.shape}")
+            truth = look(run_, scene, job.size, job.seed)
             iou = round(mesh_iou(run_, job.prompt), 4)
         results.append((Result(label, job.prompt, job.seed, views, iou, **timing), truth))
     return results
@@ -518,9 +619,9 @@ def probe_detail(runs: list[Result], probe: torch.nn.Module, reference: torch.Te
         None if prompt.color is None else tp.COLOR_NAMES.index(prompt.color),
         None if prompt.shape is None else tp.PROBE_SHAPES.index(prompt.shape),
     )
-    renders = torch.cat([r.views.probe for r in runs])
-    per_seed_fid = [frechet_distance(probe_features(probe, r.views.probe), reference) for r in runs]
-    per_seed_clip = [probe_clip(probe_probabilities(probe, r.views.probe), named) for r in runs]
+    renders = torch.cat([r.views.world for r in runs])
+    per_seed_fid = [frechet_distance(probe_features(probe, r.views.world), reference) for r in runs]
+    per_seed_clip = [probe_clip(probe_probabilities(probe, r.views.world), named) for r in runs]
     return {
         "probe_fid": round(frechet_distance(probe_features(probe, renders), reference), 4),
         "probe_fid_seed_std": round(float(np.std(per_seed_fid)), 4),
@@ -534,26 +635,31 @@ def probe_detail(runs: list[Result], probe: torch.nn.Module, reference: torch.Te
 def underspecified_detail(
     runs: list[Result], probe: torch.nn.Module, prior_freq: torch.Tensor
 ) -> dict:
-    """The probe's class of each result's missing attribute (majority over the orbit), their
-    total variation from the prior's ``prior_freq``, and how often the named attribute is
-    right (``known_acc``)."""
+    """The probe's classes of the missing attribute on each result's world views (shares;
+    ``classes`` counts each result's majority), the total variation of the mean shares from
+    the prior's ``prior_freq``, and how often the named attribute is right on those views
+    (``known_acc``)."""
     prompt = runs[0].prompt
     missing = prompt.missing
     known = "shape" if missing == "color" else "color"
     names, known_names = class_names(missing), class_names(known)
     known_index = known_names.index(prompt.shape if known == "shape" else prompt.color)
-    labels, known_hits, seeds = [], [], []
+    shares, labels, known_hits, seeds = [], [], [], []
     for r in runs:
-        color, shape = probe_module().classify(probe, r.views.probe)
+        color, shape = probe_module().classify(probe, r.views.world)
         votes, known_votes = (color, shape) if missing == "color" else (shape, color)
+        shares.append(frequencies(votes, len(names)))
         labels.append(majority(votes, len(names)))
-        known_hits.append(float(majority(known_votes, len(known_names)) == known_index))
+        known_hits.append(float((known_votes == known_index).double().mean()))
         seeds.append({"seed": r.seed, missing: names[labels[-1]]})
+    freq = torch.stack(shares).mean(dim=0)
     counts = torch.bincount(torch.tensor(labels), minlength=len(names))
-    freq = counts.double() / len(labels)
     return {
         "classified": missing,
         "classes": {n: int(c) for n, c in zip(names, counts.tolist(), strict=True) if c},
+        "class_shares": {
+            n: round(float(f), 4) for n, f in zip(names, freq.tolist(), strict=True) if f > 0
+        },
         "mode_tv": round(total_variation(freq, prior_freq), 4),
         "known_acc": round(float(np.mean(known_hits)), 4),
         "diversity": round(diversity([r.views for r in runs]), 4),
@@ -666,16 +772,23 @@ def markdown(
         f" on {result['probe']['n_test']} held-out renders.",
         f"- Total wall time {result['wall_s']:.0f} s.",
         "",
+        "Results are judged by the probe on single images drawn as the prior's training "
+        f"images are ({WORLD_VIEWS} per result: the world's cameras, lighting and share of "
+        "flat albedo, 32², 8-bit), like the prior's samples. "
         "probe FID (↓): Fréchet distance between the probe's penultimate features of the "
-        "results' orbit renders and of the prior's own samples for the prompt (mean over "
-        "prompts; ± the spread over seeds of one seed's orbit); probe CLIP (↑): the probe's "
-        "mean probability of the prompt's named colour and shape (± spread over seeds). "
+        "results' views and of the prior's own samples for the prompt (mean over "
+        "prompts; ± the spread over seeds of one seed's views); probe CLIP (↑): the probe's "
+        "mean probability of the prompt's named colour and shape (± spread over seeds); "
+        "the ground truth seen from the same cameras scores "
+        f"{fmt(result.get('truth', {}).get('probe_fid'), 2)} and "
+        f"{fmt(result.get('truth', {}).get('probe_clip'))} (fully named prompts). "
         "mask IoU (↑) and colour error (↓, an empty result counts as 1) against ground truth "
         "over an 8-view orbit; empty: results with no opaque pixel; mesh "
         f"IoU (↑): volumetric IoU at {MESH_IOU_RESOLUTION}³ of the mesh `cfd3d generate` "
         "exports (automatic threshold) against the ground-truth solid; "
         "diversity: mean pairwise RMS between seeds' orbit renders; mode TV (↓): total "
-        "variation between the results' classes and the prior's own samples' classes.",
+        "variation between the results' class shares (the missing attribute, per view) and "
+        "the prior's own samples' classes.",
         "",
     ]
     header = ["method", "probe FID", "probe CLIP", "mask IoU", "mesh IoU", "colour err", "empty"]
@@ -708,7 +821,7 @@ def markdown(
     for m in methods:
         for text, d in result[m]["per_prompt"].items():
             if "classes" in d:
-                shown = ", ".join(f"{k} {v}" for k, v in d["classes"].items())
+                shown = ", ".join(f"{k} {v:.2f}" for k, v in d["class_shares"].items())
                 shown += f" (TV {d['mode_tv']:.3f}, named attribute right {d['known_acc']:.2f})"
             else:
                 shown = "IoU per seed " + " / ".join(f"{s['mask_iou']:.2f}" for s in d["seeds"])
@@ -724,9 +837,15 @@ def markdown(
     ]
     lines += [""]
     for text, ref in result["prior_reference"].items():
+        truth = ""
+        if "probe_fid_truth" in ref:
+            truth = (
+                f"; the ground truth's views: probe FID {ref['probe_fid_truth']:.2f}, "
+                f"probe CLIP {ref['probe_clip_truth']:.3f}"
+            )
         lines.append(
             f"- “{text}”: probe FID between two halves {ref['probe_fid_floor']:.2f}, "
-            f"probe CLIP {ref['probe_clip_prior']:.3f}"
+            f"probe CLIP {ref['probe_clip_prior']:.3f}{truth}"
         )
     if result["prior_classes"]:
         lines += ["", "The prior's own samples (the reference of mode TV):", ""]
@@ -868,6 +987,7 @@ def run(args: argparse.Namespace) -> int:
     jobs = [Job(base, m, p, s, steps, size, args.pipeline) for m in methods for p, s in plan]
     results: list[Result] = []
     truths: dict[str, Views] = {}
+    truth_world: dict[tuple[str, int], torch.Tensor] = {}
 
     def report(done: int, runs: list[tuple[Result, Views | None]]) -> None:
         for result, truth in runs:
@@ -878,10 +998,11 @@ def run(args: argparse.Namespace) -> int:
         prompt = result.prompt
         if truth is not None:
             truths.setdefault(prompt.text, truth)
+            truth_world[(prompt.text, result.seed)] = truth.world
             verdict = f"mask IoU {mask_iou(result.views, truths[prompt.text]):.3f}"
             verdict += f", mesh IoU {result.mesh_iou:.3f}"
         else:
-            label = classify_missing(probe, result.views.probe, prompt.missing)
+            label = classify_missing(probe, result.views.world, prompt.missing)
             names = class_names(prompt.missing)
             verdict = f"{prompt.missing} {names[majority(label, len(names))]}"
         print(
@@ -890,31 +1011,69 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
+    cached: dict[int, list[tuple[Result, Views | None]]] = {}
+    paths: dict[int, Path] = {}
+    if args.cache is not None:
+        args.cache.mkdir(parents=True, exist_ok=True)
+        weights_sha = sha256_of(Path(weights))
+        for i, job in enumerate(jobs):
+            paths[i] = args.cache / f"{job_key(job, weights_sha, args.threads)}.pt"
+            runs = read_cached(paths[i])
+            if runs is not None:
+                cached[i] = runs
+        print(f"{len(cached)} of {len(jobs)} runs read from {args.cache}", file=sys.stderr)
+
+    def finish(done: int, i: int, runs: list[tuple[Result, Views | None]]) -> None:
+        if i in paths and i not in cached:
+            write_cached(paths[i], runs)
+        report(done, runs)
+
+    done = 0
+    for i in sorted(cached):
+        done += 1
+        finish(done, i, cached[i])
+    todo = [i for i in range(len(jobs)) if i not in cached]
     if args.jobs == 1:
-        for done, job in enumerate(jobs, 1):
-            report(done, run_job(job, prior))
+        for i in todo:
+            done += 1
+            finish(done, i, run_job(jobs[i], prior))
     else:
         # Workers of one thread each, methods interleaved so that all advance together.
-        order = sorted(range(len(jobs)), key=lambda i: (i % len(plan), i // len(plan)))
+        order = sorted(todo, key=lambda i: (i % len(plan), i // len(plan)))
         with ProcessPoolExecutor(
             args.jobs,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=start_worker,
             initargs=(args.weights, base, args.threads),
         ) as pool:
-            futures = [pool.submit(run_job, jobs[i]) for i in order]
-            for done, future in enumerate(as_completed(futures), 1):
-                report(done, future.result())
+            futures = {pool.submit(run_job, jobs[i]): i for i in order}
+            for future in as_completed(futures):
+                done += 1
+                finish(done, futures[future], future.result())
+    if args.jobs != 1 or cached:
         rank = {(j.method, j.prompt.text, j.seed): i for i, j in enumerate(jobs)}
         results.sort(key=lambda r: rank[(r.method.split(":")[0], r.prompt.text, r.seed)])
 
     result: dict = {
         m: summarise(
-            [r for r in results if r.method == m], truths, probe, prior_freq, prior_features
+            [r for r in results if r.method == m],
+            truths,
+            probe,
+            prior_freq,
+            prior_features,
         )
         for m in rows
     }
     result["prior_classes"] = prior_classes
+    truth_fid, truth_clip = [], []
+    for p in singles:  # the ground truth seen from the results' cameras, all seeds pooled
+        views = torch.cat([truth_world[(p.text, s)] for s in seeds])
+        named = (tp.COLOR_NAMES.index(p.color), tp.PROBE_SHAPES.index(p.shape))
+        truth_fid.append(frechet_distance(probe_features(probe, views), prior_features[p.text]))
+        truth_clip.append(probe_clip(probe_probabilities(probe, views), named))
+        prior_reference[p.text]["probe_fid_truth"] = round(truth_fid[-1], 4)
+        prior_reference[p.text]["probe_clip_truth"] = round(truth_clip[-1], 4)
+    result["truth"] = {"probe_fid": mean_or_none(truth_fid), "probe_clip": mean_or_none(truth_clip)}
     result["prior_reference"] = prior_reference
     result["probe"] = {
         "color_acc": round(probe_color, 4),
@@ -1021,6 +1180,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--quick", action="store_true", help="a smoke run of seconds; writes no docs"
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="keep each run's result in this folder and reuse it when the benchmark is run "
+        "again (an interrupted table resumes; a changed config or prior runs anew)",
     )
     args = parser.parse_args(argv)
     return guarded(lambda: run(args))

@@ -24,7 +24,8 @@ def _views(opacity: torch.Tensor, albedo: torch.Tensor) -> "bench.Views":
     a = opacity[..., None]
     rgb = a * albedo + (1.0 - a)
     blank = np.zeros((4, 4, 3), dtype=np.uint8)
-    return bench.Views(albedo=rgb, opacity=opacity, probe=torch.zeros(1, 3, 32, 32), figure=blank)
+    nothing = torch.zeros(1, 3, 32, 32)
+    return bench.Views(albedo=rgb, opacity=opacity, probe=nothing, world=nothing, figure=blank)
 
 
 def test_prompts_are_read_or_refused():
@@ -126,6 +127,50 @@ def test_quick_run_prints_one_json_line_and_writes_docs(tmp_path, capsys):
     text = (tmp_path / "toyworld.md").read_text()
     assert all(f"| {m} |" in text for m in bench.METHODS) and "probe FID" in text
     assert (tmp_path / "toyworld.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_world_views_are_drawn_like_the_worlds_images_and_fixed_by_the_seed():
+    from cfd3d.generate.config import preset_config
+    from cfd3d.generate.run import Run
+    from cfd3d.scene.toy import get_scene
+
+    config = preset_config("cpu-demo", "a red cube").resolved()
+    run = Run(config, bench.load_prior(None, config))
+    scene = get_scene("red_cube")
+    a, b = bench.world_views(run, scene, 100), bench.world_views(run, scene, 100)
+    c = bench.world_views(run, scene, 101)
+    assert a.shape == (bench.WORLD_VIEWS, 3, 32, 32) and torch.equal(a, b)
+    assert not torch.equal(a, c)  # another seed: other cameras
+    assert torch.equal((a * 255).round() / 255, a)  # 8-bit, as the prior's samples
+    # the object is in every view, on white, lit differently from view to view
+    covered = (a < 0.98).any(dim=1).float().mean(dim=(1, 2))
+    assert bool((covered > 0.05).all()) and bool((covered < 0.9).all())
+    assert float(a.mean(dim=(1, 2, 3)).std()) > 0.0
+
+
+def test_a_cached_table_is_read_back_and_a_changed_run_is_not(tmp_path, capsys):
+    args = ["--quick", "--methods", "cfd", "--underspecified", "--cache", str(tmp_path)]
+    assert bench.main(args) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    files = sorted(tmp_path.iterdir())
+    assert len(files) == 1
+    assert bench.main(args) == 0
+    out = capsys.readouterr()
+    again = json.loads(out.out.strip().splitlines()[-1])
+    assert "1 of 1 runs read from" in out.err and sorted(tmp_path.iterdir()) == files
+    assert again["cfd"]["per_prompt"] == first["cfd"]["per_prompt"]
+    assert again["cfd"]["distill_s_per_run"] == first["cfd"]["distill_s_per_run"]
+    files[0].write_bytes(b"damaged")  # recomputed, said so, and rewritten
+    assert bench.main(args) == 0
+    out = capsys.readouterr()
+    assert "ignoring unreadable cached result" in out.err
+    assert (
+        json.loads(out.out.strip().splitlines()[-1])["cfd"]["per_prompt"]
+        == first["cfd"]["per_prompt"]
+    )
+    assert bench.main([*args, "--steps", "2"]) == 0  # another config: not read from the cache
+    assert "0 of 1 runs read from" in capsys.readouterr().err
+    assert len(list(tmp_path.iterdir())) == 2
 
 
 def test_the_consistency_ablation_adds_two_cfd_rows(capsys):
