@@ -26,7 +26,15 @@ at any ground truth of the samples themselves:
    ``relation_judge_acc_gt`` is the judge's accuracy on ground-truth renders of the same
    eight scenes from training-like cameras, ``relation_judge_swapped_gt`` the fraction of
    them it (wrongly) accepts for the swapped prompt ("Y on top of X").
-4. ``sample_s``: median wall time of one prompt's ``--samples`` samples at ``--guidance``
+4. ``face_acc``: for each of :data:`FACE_COLORS`, ``--face-samples`` samples of "a {colour}
+   head, front view" and as many of "..., back view", judged by pixels alone
+   (:func:`face_share`: the share of the head's pixels that the face colour explains
+   better than the head's, where the head surrounds them); a front sample is right when
+   its share reaches :data:`FACE_SHARE`, a back sample when it stays below.
+   ``face_acc`` is the mean over both kinds (``face_front_rate``, ``face_back_rate``);
+   ``face_judge_acc_gt`` the same judge on ground-truth renders from front-sector and
+   back-sector training cameras.
+5. ``sample_s``: median wall time of one prompt's ``--samples`` samples at ``--guidance``
    on this CPU with ``--threads`` threads; ``weights_mb``: size of the float16 safetensors
    file in MB (10^6 bytes).
 
@@ -77,7 +85,7 @@ from cfd3d.priors.embedded.world import (
     vocabulary,
 )
 from cfd3d.scene.sampling import CameraSamplerConfig, sample_cameras
-from cfd3d.scene.toy import COLORS, RELATIONS, pair
+from cfd3d.scene.toy import COLORS, FACE_RGB, RELATIONS, pair, single
 
 DEMO_GUIDANCE = preset_config("cpu-demo", "a red cube").guidance_scale
 """The guidance of the embedded prior's distillation preset: the main figures' scale."""
@@ -104,6 +112,15 @@ shaded (no red/pink, orange/brown, gray), so that the pixel segmentation can tel
 
 FRONT_CAMERAS = CameraSamplerConfig(azimuth_deg=(-45.0, 45.0))
 """Training cameras restricted to the "front view" sector (azimuth within 45° of 0)."""
+
+BACK_CAMERAS = CameraSamplerConfig(azimuth_deg=(135.0, 225.0))
+"""Training cameras restricted to the "back view" sector."""
+FACE_COLORS: tuple[str, ...] = ("red", "blue", "green", "purple")
+"""Head colours of the face test: far from the face's own colour even when shaded."""
+FACE_SHARE = 0.1
+"""A head shows its face when the face colour explains at least this share of its pixels
+(ground truth from front-sector training cameras: 0.08-0.8, mostly 0.2-0.5; from the back
+sector: 0)."""
 
 FOREGROUND = 0.25
 """A pixel is foreground when some channel is this far below the white background."""
@@ -301,6 +318,66 @@ def judge_relation(images: torch.Tensor, color_a: str, relation: str, color_b: s
     return present[0] & present[1] & (centres[0] < centres[1])
 
 
+def face_share(images: torch.Tensor, color: str) -> torch.Tensor:
+    """``(N,)`` share of a head's pixels showing its face, in ``(N, 3, H, W)`` images.
+
+    Every pixel is fit as a shaded albedo (as in :func:`segment`) by the head's colour and
+    by the face's (:data:`~cfd3d.scene.toy.FACE_RGB`); the head is the pixels the head's
+    colour explains best (within :data:`MAX_RESIDUAL`), the face the pixels the face colour
+    explains best among the pixels with head pixels on both sides along their row or their
+    column, so a pale face on a white background counts where the head surrounds it and
+    the background around a ball does not. 0 where the head covers fewer than
+    :data:`MIN_PIXELS` pixels.
+    """
+    palette = torch.tensor([COLORS[color], FACE_RGB], dtype=images.dtype)  # (2, 3)
+    p = images.permute(0, 2, 3, 1)[..., None, :]
+    k = ((p * palette).sum(-1) / (palette * palette).sum(-1)).clamp(*SHADE_RANGE)
+    residual = (p - k[..., None] * palette).norm(dim=-1)  # (N, H, W, 2)
+    best, label = residual.min(dim=-1)
+    explained = best < MAX_RESIDUAL
+    head = explained & (label == 0)
+
+    def between(mask: torch.Tensor, dim: int) -> torch.Tensor:
+        """Pixels with some ``mask`` pixel on both sides along ``dim``."""
+        before = mask.int().cummax(dim=dim).values.bool()
+        after = mask.flip(dim).int().cummax(dim=dim).values.bool().flip(dim)
+        return before & after
+
+    inside = between(head, 1) | between(head, 2)
+    face = explained & (label == 1) & inside
+    n_head, n_face = head.sum(dim=(1, 2)).float(), face.sum(dim=(1, 2)).float()
+    share = n_face / (n_head + n_face).clamp_min(1.0)
+    return torch.where(n_head >= MIN_PIXELS, share, torch.zeros_like(share))
+
+
+def render_heads(colors: tuple[str, ...], views: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """Ground-truth renders in [0, 1], lit like the toy world (a fifth in flat albedo), of
+    a head of each colour: ``(len(colors) * views, 3, 32, 32)`` from front-sector cameras and
+    as many from back-sector ones, grouped by colour."""
+    from cfd3d.render.volume import RendererConfig, VolumeRenderer
+
+    world = WorldConfig()
+    renderer = VolumeRenderer(RendererConfig(n_samples=world.n_samples, shading=WORLD_SHADING))
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, list[torch.Tensor]] = {"front": [], "back": []}
+    for color in colors:
+        for side, cameras in (("front", FRONT_CAMERAS), ("back", BACK_CAMERAS)):
+            camera = sample_cameras(cameras, views, gen)
+            for i in range(views):
+                albedo = float(torch.rand((), generator=gen)) < world.p_albedo
+                with torch.no_grad():
+                    rgb = renderer(
+                        single(color, "head"),
+                        camera[i : i + 1],
+                        world.image_size,
+                        world.image_size,
+                        shading="albedo" if albedo else "diffuse",
+                        generator=gen,
+                    ).rgb
+                out[side].append(quantise(rgb.permute(0, 3, 1, 2)))
+    return torch.cat(out["front"]), torch.cat(out["back"])
+
+
 def render_pairs(
     specs: tuple[tuple[str, str, str, str, str], ...], views: int, seed: int
 ) -> torch.Tensor:
@@ -412,6 +489,7 @@ def run(args: argparse.Namespace) -> int:
         "--samples": args.samples,
         "--sweep-samples": args.sweep_samples,
         "--relation-samples": args.relation_samples,
+        "--face-samples": args.face_samples,
         "--steps": args.steps,
         "--threads": args.threads,
     }
@@ -425,6 +503,7 @@ def run(args: argparse.Namespace) -> int:
     samples = 2 if quick else args.samples
     sweep_samples = 1 if quick else args.sweep_samples
     rel_samples = 2 if quick else args.relation_samples
+    face_samples = 2 if quick else args.face_samples
     gt_views = 2 if quick else 8
     steps = 2 if quick else args.steps
     prompts = single_prompts(2 if quick else 16)
@@ -514,6 +593,37 @@ def run(args: argparse.Namespace) -> int:
         relation_judge_acc_gt=round(float(torch.cat(right).float().mean()), 4),
         relation_judge_swapped_gt=round(float(torch.cat(swapped).float().mean()), 4),
     )
+    # 4. The head's face, front against back, and the judge checked on ground truth.
+    print("judging the head's face", file=sys.stderr)
+    face_colors = FACE_COLORS[:1] if quick else FACE_COLORS
+    front_gt, back_gt = render_heads(face_colors, gt_views, PROBE_SEED + 2 * args.seed)
+    front_hits, back_hits = [], []
+    for index, color in enumerate(face_colors):
+        for side, hits in (("front", front_hits), ("back", back_hits)):
+            images = sample_images(
+                prior,
+                f"a {color} head, {side} view",
+                face_samples,
+                args.guidance,
+                steps,
+                args.seed * 1000 + 700 + 2 * index + (side == "back"),
+            )
+            share = face_share(quantise(images), color)
+            hits.append(share >= FACE_SHARE if side == "front" else share < FACE_SHARE)
+    judge_gt = []
+    for index, color in enumerate(face_colors):
+        part = slice(index * gt_views, (index + 1) * gt_views)
+        judge_gt.append(face_share(front_gt[part], color) >= FACE_SHARE)
+        judge_gt.append(face_share(back_gt[part], color) < FACE_SHARE)
+    front_rate = float(torch.cat(front_hits).float().mean())
+    back_rate = float(torch.cat(back_hits).float().mean())
+    result.update(
+        face_acc=round((front_rate + back_rate) / 2, 4),
+        face_front_rate=round(front_rate, 4),
+        face_back_rate=round(back_rate, 4),
+        face_n=2 * face_samples * len(face_colors),
+        face_judge_acc_gt=round(float(torch.cat(judge_gt).float().mean()), 4),
+    )
     result["load_average"] = [round(v, 2) for v in os.getloadavg()]
     result["total_s"] = round(time.perf_counter() - start, 1)
     result["targets_met"] = bool(
@@ -548,6 +658,9 @@ def main(argv: list[str] | None = None) -> int:
         help="samples per prompt at the other guidance scales",
     )
     parser.add_argument("--relation-samples", type=int, default=8, help="samples per composition")
+    parser.add_argument(
+        "--face-samples", type=int, default=8, help="samples per head prompt and side"
+    )
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds)")

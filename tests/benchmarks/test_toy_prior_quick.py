@@ -58,6 +58,24 @@ def test_relation_judge_on_ground_truth_renders():
         assert not bench.judge_relation(views, cb, relation, ca).any()
 
 
+def test_face_judge_on_ground_truth_heads_and_on_a_ball_without_a_face():
+    front, back = bench.render_heads(("red", "blue"), views=4, seed=5)
+    shares = [bench.face_share(front[i * 4 : i * 4 + 4], c) for i, c in enumerate(("red", "blue"))]
+    assert float((torch.cat(shares) >= bench.FACE_SHARE).float().mean()) >= 0.75
+    assert (bench.face_share(back[:4], "red") == 0).all()
+    assert (bench.face_share(back[4:], "blue") == 0).all()
+    # a plain ball on white: the background around it is not a face
+    ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    disc = ((ys - 16) ** 2 + (xs - 16) ** 2 < 100).float()
+    ball = 1.0 - disc * (1.0 - 0.7 * torch.tensor(COLORS["red"])[:, None, None])
+    assert bench.face_share(ball[None], "red").item() == 0.0
+    # the same ball with a pale patch in its middle shows a face; a blue prompt sees no head
+    faced = ball.clone()
+    faced[:, 12:20, 12:20] = torch.tensor(bench.FACE_RGB)[:, None, None]
+    assert bench.face_share(faced[None], "red").item() > 0.2
+    assert bench.face_share(faced[None], "blue").item() == 0.0
+
+
 def test_prompts_cover_every_colour_and_shape():
     prompts = bench.single_prompts(16)
     assert len(set(prompts)) == 16
@@ -94,7 +112,7 @@ def test_quick_run_prints_one_json_line(tiny_checkpoint, capsys):
     assert result["checkpoint_step"] == 7
     assert set(result["by_guidance"]) == {"1", "3", "7.5"}
     assert result["relation_judge_acc_gt"] == 1.0 and result["relation_judge_swapped_gt"] == 0.0
-    for key in ("probe_acc", "color_acc", "shape_acc", "relation_acc"):
+    for key in ("probe_acc", "color_acc", "shape_acc", "relation_acc", "face_acc"):
         assert 0.0 <= result[key] <= 1.0
     assert result["sample_s"] > 0 and result["weights_mb"] > 0
     assert isinstance(result["targets_met"], bool)
