@@ -19,6 +19,7 @@ cameras (distance 1.3-1.5, fovy 40-65°).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -301,6 +302,7 @@ class Primitive:
         rgb: albedo in [0, 1].
         center: world-space centre of the bounding box.
         scale: uniform scale of the canonical shape.
+        face_rgb: albedo of a head's face (other shapes have none).
     """
 
     shape: ShapeName
@@ -308,6 +310,7 @@ class Primitive:
     rgb: tuple[float, float, float]
     center: tuple[float, float, float] = (0.0, 0.0, 0.0)
     scale: float = 1.0
+    face_rgb: tuple[float, float, float] = FACE_RGB
 
     def __post_init__(self) -> None:
         if self.shape not in SHAPES:
@@ -336,7 +339,7 @@ class Primitive:
         if isinstance(geometry, Head):
             center = torch.tensor(self.center, dtype=points.dtype, device=points.device)
             face = geometry.face((points - center) / self.scale)[:, None]
-            rgb = torch.where(face, rgb.new_tensor(FACE_RGB), rgb)
+            rgb = torch.where(face, rgb.new_tensor(self.face_rgb), rgb)
         return rgb
 
     def to_mesh(self) -> trimesh.Trimesh:
@@ -461,13 +464,14 @@ def _primitive(color: str, shape: str, scale: float) -> Primitive:
 
 
 def _moved(prim: Primitive, center: tuple[float, float, float]) -> Primitive:
-    return Primitive(prim.shape, prim.color, prim.rgb, center, prim.scale)
+    return dataclasses.replace(prim, center=center)
 
 
-def single(color: str, shape: str) -> ToyScene:
-    """One primitive of ``shape`` in ``color`` at the origin, scale 1."""
+def single(color: str, shape: str, face_rgb: tuple[float, float, float] = FACE_RGB) -> ToyScene:
+    """One primitive of ``shape`` in ``color`` at the origin, scale 1 (a head's face in
+    ``face_rgb``)."""
     _check_names(color, shape)
-    return ToyScene((_primitive(color, shape, 1.0),))
+    return ToyScene((dataclasses.replace(_primitive(color, shape, 1.0), face_rgb=face_rgb),))
 
 
 def pair(color_a: str, shape_a: str, relation: str, color_b: str, shape_b: str) -> ToyScene:

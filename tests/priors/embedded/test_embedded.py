@@ -49,6 +49,31 @@ def test_unet_shapes_and_text_dependence():
     assert not torch.allclose(out[0], swapped[0])  # word order matters
 
 
+def test_attention_at_more_levels_reads_the_text_there_and_round_trips(tmp_path):
+    config = UNetConfig(**{**TINY.__dict__, "attention_levels": (0,)})
+    torch.manual_seed(0)
+    model = TinyUNet(config)
+    plain = TinyUNet(TINY)
+    extra = set(model.state_dict()) - set(plain.state_dict())
+    assert extra and all(k.startswith(("down_attn.0.", "up_attn.0.")) for k in extra)
+    assert set(plain.state_dict()) <= set(model.state_dict())  # the first prior still loads
+    for p in model.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    tok = WordTokenizer(WORDS, max_length=TINY.max_tokens)
+    ids = tok.encode(["a red cube on top of a blue sphere", "a blue sphere on top of a red cube"])
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([300, 300])
+    out = model(x, t, ids)
+    # the new blocks read the tokens: with them removed the prediction changes
+    model.down_attn["0"].cross.out_proj.weight.data.zero_()
+    model.down_attn["0"].cross.out_proj.bias.data.zero_()
+    assert out.shape == x.shape and not torch.allclose(out, model(x, t, ids))
+    path = tmp_path / "embedded_prior.safetensors"
+    write_weights(model, {"vocabulary": list(WORDS), "schedule": "scaled_linear"}, path)
+    assert EmbeddedPrior.load(path).model.config.attention_levels == (0,)
+    with pytest.raises(ValueError, match="attention level 5"):
+        UNetConfig(**{**TINY.__dict__, "attention_levels": (5,)})
+
+
 def test_weights_round_trip_and_checksum(tmp_path):
     torch.manual_seed(1)
     model = TinyUNet(TINY)

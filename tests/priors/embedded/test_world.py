@@ -1,9 +1,13 @@
 """The toy world (captions, renders) and the embedded prior's commands, end to end."""
 
+import json
+from dataclasses import asdict
+
 import pytest
 import torch
 
 from cfd3d.cli import main
+from cfd3d.errors import ConfigError
 from cfd3d.priors.embedded.prior import EmbeddedPrior
 from cfd3d.priors.embedded.tokenizer import WordTokenizer
 from cfd3d.priors.embedded.training import TrainConfig
@@ -16,9 +20,11 @@ from cfd3d.priors.embedded.world import (
     random_scene,
     render_world,
     vocabulary,
+    world_from_dict,
 )
 from cfd3d.render.volume import RendererConfig, VolumeRenderer
 from cfd3d.scene.cameras import spherical_cameras
+from cfd3d.scene.sampling import CameraSamplerConfig
 from cfd3d.scene.toy import FACE_RGB, RELATIONS, single
 
 
@@ -87,6 +93,38 @@ def test_head_face_is_seen_from_the_front_and_hidden_from_the_back():
     assert front > 0.3 * body[0]  # the face fills the middle of the ball
     assert back == 0
     assert body[1] > 150  # the back view does show the ball
+
+
+def test_the_worlds_face_colour_and_cameras_are_settings():
+    dark = (0.06, 0.06, 0.08)
+    point = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]])  # the front and the back
+    head = single("blue", "head", face_rgb=dark).primitives[0]
+    assert torch.allclose(head.albedo(point)[0], torch.tensor(dark))
+    assert torch.allclose(
+        single("blue", "head").primitives[0].albedo(point)[0], torch.tensor(FACE_RGB)
+    )
+    assert torch.allclose(head.albedo(point)[1], torch.tensor([0.12, 0.30, 0.85]))
+    overhead = CameraSamplerConfig(elevation_deg=(70.0, 80.0), fovy_deg=(50.0, 50.0))
+    config = WorldConfig(n_samples=8, p_head=1.0, cameras=overhead, face_rgb=dark)
+    images, items = render_world(config, 4, seed=3)
+    assert {item.view for item in items} == {"overhead"}
+    assert all(item.scene.primitives[0].face_rgb == dark for item in items)
+    assert images.shape == (4, 3, 32, 32)
+
+
+def test_a_world_reads_back_from_its_stored_dict():
+    world = WorldConfig(
+        p_pair=0.45,
+        cameras=CameraSamplerConfig(elevation_deg=(-10.0, 90.0), fovy_deg=(50.0, 50.0)),
+        face_rgb=(0.06, 0.06, 0.08),
+    )
+    stored = json.loads(json.dumps(asdict(world)))  # as the weights' metadata holds it
+    assert world_from_dict(stored) == world
+    first = {k: v for k, v in stored.items() if k not in ("cameras", "face_rgb")}
+    assert world_from_dict({**first, "p_pair": 0.33}) == WorldConfig()  # the first prior's
+    with pytest.raises(ConfigError, match="unknown world setting"):
+        world_from_dict({"p_dragon": 0.5})
+    assert EmbeddedPrior.load().world == WorldConfig()  # the shipped prior's world
 
 
 def test_render_world_is_deterministic_for_a_seed():

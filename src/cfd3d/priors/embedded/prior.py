@@ -8,11 +8,12 @@ from pathlib import Path
 import torch
 
 from cfd3d.diffusion.schedule import make_schedule
-from cfd3d.errors import UserError
+from cfd3d.errors import ConfigError, UserError
 from cfd3d.priors.base import Prior
 from cfd3d.priors.embedded.tokenizer import WordTokenizer
 from cfd3d.priors.embedded.unet import TinyUNet
 from cfd3d.priors.embedded.weights import load_weights
+from cfd3d.priors.embedded.world import WorldConfig, world_from_dict
 
 
 class EmbeddedPrior(Prior):
@@ -22,13 +23,20 @@ class EmbeddedPrior(Prior):
         model: the UNet.
         tokenizer: its word-level tokenizer.
         schedule_kind: the noise schedule it was trained with.
+        world: the toy world it was trained on (its cameras, its head's face...): what
+            ground truth and evaluation renders of this prior must be made with.
     """
 
     def __init__(
-        self, model: TinyUNet, tokenizer: WordTokenizer, schedule_kind: str = "scaled_linear"
+        self,
+        model: TinyUNet,
+        tokenizer: WordTokenizer,
+        schedule_kind: str = "scaled_linear",
+        world: WorldConfig | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self.world = world if world is not None else WorldConfig(image_size=model.config.image_size)
         self.schedule = make_schedule(schedule_kind)  # type: ignore[arg-type]
         size = model.config.image_size
         self.input_shape = (3, size, size)
@@ -42,7 +50,12 @@ class EmbeddedPrior(Prior):
         if not isinstance(words, list):
             raise UserError(f"embedded prior weights at '{path}' carry no vocabulary; retrain them")
         tokenizer = WordTokenizer(tuple(words), model.config.max_tokens)
-        return cls(model, tokenizer, str(metadata.get("schedule", "scaled_linear")))
+        world = metadata.get("world_config")
+        try:
+            world = world_from_dict(world) if isinstance(world, dict) else None
+        except ConfigError as exc:
+            raise UserError(f"embedded prior weights at '{path}': {exc}; retrain them") from None
+        return cls(model, tokenizer, str(metadata.get("schedule", "scaled_linear")), world)
 
     @property
     def device(self) -> torch.device:

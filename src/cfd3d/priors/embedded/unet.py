@@ -2,8 +2,9 @@
 
 Text: a 2-layer transformer over word embeddings; its mean-pooled output is added to the
 timestep embedding (FiLM on every residual block) and its tokens are attended to by one
-cross-attention block at the lowest resolution, so compositions ("a red cube on top of a
-blue sphere") can be told apart from their mirror images.
+cross-attention block at the lowest resolution (and, with ``attention_levels``, at more
+levels on the way down and up), so compositions ("a red cube on top of a blue sphere")
+can be told apart from their mirror images.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class UNetConfig:
         vocab_size: number of token ids (0 is padding).
         max_tokens: prompt length in tokens.
         groups: GroupNorm groups.
+        attention_levels: levels (0 = the first, after the patch fold) that get a self- and
+            cross-attention block after their residual blocks, on the way down and on the
+            way up, besides the one in the middle; ``()``: the middle only.
     """
 
     image_size: int = 32
@@ -43,6 +47,15 @@ class UNetConfig:
     vocab_size: int = 64
     max_tokens: int = 16
     groups: int = 8
+    attention_levels: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        for level in self.attention_levels:
+            if not 0 <= level < len(self.channels):
+                raise ValueError(
+                    f"attention level {level} is outside the UNet's levels 0-"
+                    f"{len(self.channels) - 1}"
+                )
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -139,6 +152,18 @@ class TinyUNet(nn.Module):
         )
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
+        self.down_attn = nn.ModuleDict(
+            {
+                str(level): CrossAttention(config.channels[level], config.text_width, g)
+                for level in config.attention_levels
+            }
+        )
+        self.up_attn = nn.ModuleDict(
+            {
+                str(level): CrossAttention(config.channels[level], config.text_width, g)
+                for level in config.attention_levels
+            }
+        )
         skips, c = [c0], c0
         for level, ch in enumerate(config.channels):
             for _ in range(config.blocks_per_level):
@@ -178,8 +203,10 @@ class TinyUNet(nn.Module):
         hs = [h]
         blocks = iter(self.down)
         for level in range(len(self.config.channels)):
-            for _ in range(self.config.blocks_per_level):
+            for k in range(self.config.blocks_per_level):
                 h = next(blocks)(h, emb)
+                if k == self.config.blocks_per_level - 1 and str(level) in self.down_attn:
+                    h = self.down_attn[str(level)](h, tokens, pad)
                 hs.append(h)
             if level < len(self.config.channels) - 1:
                 h = self.downsample[level](h)
@@ -187,7 +214,10 @@ class TinyUNet(nn.Module):
         h = self.mid2(self.attn(self.mid1(h, emb), tokens, pad), emb)
         blocks = iter(self.up)
         for i in range(len(self.config.channels)):
+            level = len(self.config.channels) - 1 - i
             for _ in range(self.config.blocks_per_level + 1):
                 h = next(blocks)(torch.cat([h, hs.pop()], dim=1), emb)
+            if str(level) in self.up_attn:
+                h = self.up_attn[str(level)](h, tokens, pad)
             h = self.upsample[i](h)
         return self.out(h)

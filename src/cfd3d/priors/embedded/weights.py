@@ -81,6 +81,8 @@ def load_weights(path: Path | None = None) -> tuple[TinyUNet, dict[str, object]]
             f"cannot read embedded prior weights '{path}' ({exc}); {RESTORE_HINT}"
         ) from None
     config_dict["channels"] = tuple(config_dict["channels"])
+    if "attention_levels" in config_dict:
+        config_dict["attention_levels"] = tuple(config_dict["attention_levels"])
     model = TinyUNet(UNetConfig(**config_dict))
     model.load_state_dict({k: v.float() for k, v in tensors.items()})
     metadata = {k: json.loads(v) for k, v in header.items() if k != "unet_config"}

@@ -20,13 +20,15 @@ several valid answers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from cfd3d.errors import ConfigError
 from cfd3d.render.shading import ShadingConfig
 from cfd3d.scene.sampling import CameraSamplerConfig, sample_cameras, view_labels
-from cfd3d.scene.toy import COLORS, RELATIONS, ToyScene, pair, single
+from cfd3d.scene.toy import COLORS, FACE_RGB, RELATIONS, ToyScene, pair, single
 
 BASIC_SHAPES: tuple[str, ...] = ("sphere", "cube", "cylinder", "cone", "torus", "capsule")
 """Shapes of the single-primitive and composition families (the head is its own family)."""
@@ -60,6 +62,10 @@ class WorldConfig:
         n_samples: renderer samples per ray.
         views_per_scene: consecutive images showing one scene from different cameras
             (rendered as one batch).
+        cameras: the cameras the images are seen from. The prior is not told the camera,
+            so what it learns about an object's size and the views it can draw come from
+            this distribution; distilling from the prior works best with the same one.
+        face_rgb: albedo of a head's face.
     """
 
     image_size: int = 32
@@ -71,6 +77,35 @@ class WorldConfig:
     p_no_color: float = 0.15
     n_samples: int = 64
     views_per_scene: int = 4
+    cameras: CameraSamplerConfig = field(default_factory=CameraSamplerConfig)
+    face_rgb: tuple[float, float, float] = FACE_RGB
+
+
+def world_from_dict(data: dict[str, Any]) -> WorldConfig:
+    """The :class:`WorldConfig` that ``dataclasses.asdict`` wrote (as stored in a prior's
+    weights); keys it lacks keep their defaults, which is how the first prior's world,
+    stored before ``cameras`` and ``face_rgb`` existed, reads back.
+
+    Raises:
+        ConfigError: unknown keys or invalid values.
+    """
+    names = {f.name for f in WorldConfig.__dataclass_fields__.values()}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown world setting(s): {', '.join(unknown)}")
+    values = dict(data)
+    if "cameras" in values:
+        cameras = dict(values["cameras"])
+        for key, value in cameras.items():
+            if isinstance(value, list):
+                cameras[key] = tuple(value)
+        values["cameras"] = CameraSamplerConfig(**cameras)
+    if "face_rgb" in values:
+        values["face_rgb"] = tuple(values["face_rgb"])
+    try:
+        return WorldConfig(**values)
+    except TypeError as exc:
+        raise ConfigError(f"invalid world settings ({exc})") from None
 
 
 @dataclass(frozen=True)
@@ -90,7 +125,7 @@ def random_scene(config: WorldConfig, gen: torch.Generator) -> ToyScene:
 
     u = float(torch.rand((), generator=gen))
     if u < config.p_head:
-        return single(pick(colors), "head")
+        return single(pick(colors), "head", config.face_rgb)
     if u < config.p_head + config.p_pair:
         ca, sa = pick(colors), pick(BASIC_SHAPES)
         cb, sb = pick(colors), pick(BASIC_SHAPES)
@@ -127,7 +162,7 @@ def render_world(
     cameras: CameraSamplerConfig | None = None,
     progress: bool = False,
 ) -> tuple[torch.Tensor, list[Item]]:
-    """Render ``n`` toy-world images.
+    """Render ``n`` toy-world images, seen from ``cameras`` (default: the world's).
 
     Returns:
         ``(n, 3, S, S)`` uint8 images and their :class:`Item` descriptions.
@@ -137,7 +172,7 @@ def render_world(
     from cfd3d.render.volume import RendererConfig, VolumeRenderer
 
     renderer = VolumeRenderer(RendererConfig(n_samples=config.n_samples, shading=WORLD_SHADING))
-    cameras = cameras or CameraSamplerConfig()
+    cameras = cameras or config.cameras
     gen = torch.Generator().manual_seed(seed)
     size = config.image_size
     images = torch.empty((n, 3, size, size), dtype=torch.uint8)
