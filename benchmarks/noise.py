@@ -23,10 +23,18 @@ cameras and measures, for integral noise at 64x64x4 (unless stated):
 Usage::
 
     python benchmarks/noise.py [--seed 0] [--scene red_cube] [--views 100] [--threads 1]
-                               [--analytic]
+                               [--analytic | --field gaussians [--fit-steps 300]] [--quick]
 
 ``--analytic`` replaces the renderer by an analytic ray-traced sphere (for machines or
-branches without the renderer). The last line of stdout is one JSON object.
+branches without the renderer). ``--field gaussians`` measures the same on 3D Gaussians
+fitted to the scene, rendered by the splatting rasteriser (:mod:`cfd3d.render.splat`):
+3000 Gaussians sampled from the scene's density
+(:func:`cfd3d.scene.gaussians.gaussians_from_field`), then ``--fit-steps`` steps of the
+photometric fit of ``benchmarks/fit_gt.py --field gaussians``
+(:func:`cfd3d.evaluation.fit.fit_gaussians_to_views`: 64 random 64² albedo views, 4 per
+step, 3DGS density control); ``"fit"`` reports its held-out PSNR and how far the splatted
+depth lies from the exact one. ``--quick`` is a smoke run (8 views, 2 orbit pairs, 5 fit
+steps, short timings). The last line of stdout is one JSON object.
 """
 
 from __future__ import annotations
@@ -42,10 +50,15 @@ import numpy as np
 import torch
 from scipy import stats
 
+from cfd3d.evaluation.fit import fit_gaussians_to_views
 from cfd3d.noise import NoiseConfig, make_noise
 from cfd3d.noise.integral import IntegralNoise
+from cfd3d.render.splat import SplatRenderer
 from cfd3d.render.types import RenderOutput
+from cfd3d.render.volume import VolumeRenderer
 from cfd3d.scene.cameras import Cameras, spherical_cameras
+from cfd3d.scene.gaussians import GaussianConfig, GaussianField, gaussians_from_field
+from cfd3d.scene.toy import get_scene
 
 SHAPE_64 = (4, 64, 64)
 SHAPE_32 = (3, 32, 32)
@@ -94,18 +107,84 @@ def analytic_square(cameras: Cameras, size: int, x: float = 0.1, half: float = 0
     return _hits(hit, t)
 
 
-class Scene:
-    """Renders either a toy scene with the project's renderer or the analytic sphere."""
+FIT_VIEWS, FIT_SIZE, FIT_HELDOUT = 64, 64, 8
 
-    def __init__(self, name: str, analytic: bool):
+
+def gaussian_fit_config(steps: int) -> GaussianConfig:
+    """``benchmarks/fit_gt.py``'s Gaussians (photometric densification threshold, no
+    opacity reset), started opaque enough to cover the scene from the first step."""
+    return GaussianConfig(
+        count=3000,
+        max_count=10000,
+        init_opacity=0.5,
+        lr_means=1e-3,
+        lr_scales=5e-3,
+        lr_quats=5e-3,
+        lr_opacity=5e-2,
+        lr_colors=2.5e-2,
+        densify_from=100,
+        densify_until=max(100, int(0.6 * steps)),
+        densify_every=100,
+        densify_grad_threshold=2e-4,
+        dense_scale=0.01,
+        prune_opacity=5e-3,
+    )
+
+
+def fit_gaussians(scene, steps: int, generator: torch.Generator) -> tuple[GaussianField, dict]:
+    """Gaussians sampled from ``scene``'s density, then fitted to its albedo views; with
+    the held-out PSNR and depth error of the result."""
+    tic = time.perf_counter()
+    config = gaussian_fit_config(steps)
+    field = GaussianField(config)
+    field.set_parameters(gaussians_from_field(scene, 1.0, config, generator))
+    cameras = _as_float(random_cameras(FIT_VIEWS + FIT_HELDOUT, generator))
+    volume, splatter = VolumeRenderer(), SplatRenderer()
+    with torch.no_grad():
+        truth = volume(scene, cameras, FIT_SIZE, FIT_SIZE, shading="albedo")
+    train = slice(0, FIT_VIEWS)
+    fit_gaussians_to_views(
+        field, splatter, cameras[train], truth.rgb[train], steps=steps, generator=generator
+    )
+    held = slice(FIT_VIEWS, FIT_VIEWS + FIT_HELDOUT)
+    with torch.no_grad():
+        out = splatter(field, cameras[held], FIT_SIZE, FIT_SIZE, shading="albedo")
+    mse = (out.rgb - truth.rgb[held]).square().mean()
+    both = (out.opacity > 0.5) & (truth.opacity[held] > 0.5)
+    depth_err = (out.depth - truth.depth[held]).abs()[both]
+    return field, {
+        "steps": steps,
+        "gaussians": field.count,
+        "psnr_heldout": round(float(-10.0 * torch.log10(mse)), 2),
+        "depth_abs_err_median": round(float(depth_err.median()), 4),
+        "depth_abs_err_p90": round(float(depth_err.quantile(0.9)), 4),
+        "seconds": round(time.perf_counter() - tic, 1),
+    }
+
+
+class Scene:
+    """Renders a toy scene with the project's volume renderer, Gaussians fitted to it with
+    the splatting rasteriser, or the analytic sphere."""
+
+    def __init__(
+        self,
+        name: str,
+        analytic: bool,
+        field: str = "volume",
+        fit_steps: int = 300,
+        generator: torch.Generator | None = None,
+    ):
         self.name = "analytic_sphere" if analytic else name
         self.analytic = analytic
+        self.gaussians: GaussianField | None = None
+        self.fit: dict | None = None
         if not analytic:
-            from cfd3d.render.volume import VolumeRenderer
-            from cfd3d.scene.toy import get_scene
-
             self.field = get_scene(name)
             self.renderer = VolumeRenderer()
+            if field == "gaussians":
+                gen = generator or torch.Generator().manual_seed(0)
+                self.gaussians, self.fit = fit_gaussians(self.field, fit_steps, gen)
+                self.splatter = SplatRenderer()
 
     def render(self, cameras: Cameras, size: int, chunk: int = 16) -> RenderOutput:
         parts = []
@@ -113,6 +192,9 @@ class Scene:
             cams = cameras[first : first + chunk]
             if self.analytic:
                 parts.append(analytic_sphere(cams, size))
+            elif self.gaussians is not None:
+                with torch.no_grad():
+                    parts.append(self.splatter(self.gaussians, _as_float(cams), size, size))
             else:
                 with torch.no_grad():
                     parts.append(self.renderer(self.field, _as_float(cams), size, size))
@@ -384,12 +466,30 @@ def main() -> None:
         action="store_true",
         help="use an analytic ray-traced sphere instead of the project's renderer",
     )
+    parser.add_argument(
+        "--field",
+        choices=("volume", "gaussians"),
+        default="volume",
+        help="render the scene itself (volume renderer) or Gaussians fitted to it (splatting)",
+    )
+    parser.add_argument(
+        "--fit-steps", type=int, default=300, help="gaussians: photometric fit steps"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: few views, short fit and timings"
+    )
     args = parser.parse_args()
+    if args.analytic and args.field == "gaussians":
+        parser.error("--analytic and --field gaussians exclude each other")
+    if args.fit_steps < 1:
+        parser.error(f"--fit-steps must be a positive integer, got {args.fit_steps}")
+    if args.quick:
+        args.views, args.fit_steps = min(args.views, 8), min(args.fit_steps, 5)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     started = time.perf_counter()
-    scene = Scene(args.scene, args.analytic)
+    scene = Scene(args.scene, args.analytic, args.field, args.fit_steps, generator)
     config = NoiseConfig(kind="integral", seed=args.seed)
 
     cameras = random_cameras(args.views, generator)
@@ -402,6 +502,8 @@ def main() -> None:
     per_pixel = counts[mask].double()
     result: dict = {
         "scene": scene.name,
+        "field": args.field,
+        "fit": scene.fit,
         "seed": args.seed,
         "views": args.views,
         "shape": list(SHAPE_64),
@@ -422,17 +524,18 @@ def main() -> None:
         scene,
         {"integral": config, "fresh": replace(config, kind="fresh")},
         generator,
-        n_base=12,
+        n_base=2 if args.quick else 12,
     )
     result["view_corr"] = consistency["integral"]
     result["fresh_view_corr"] = consistency["fresh"]
     result["view_pairs"] = consistency["pairs"]
     result["sde"] = sde_check(scene, config, render, cameras, generator)
+    calls = 2 if args.quick else 10
     result["ms_per_view"] = {
-        "64x64x4": timing(scene, config, SHAPE_64, 4, 5, generator),
-        "32x32x3": timing(scene, config, SHAPE_32, 4, 6, generator),
-        "32x32x3_2_views": timing(scene, config, SHAPE_32, 2, 10, generator),
-        "32x32x3_2_views_sde": timing(scene, config, SHAPE_32, 2, 10, generator, gamma=1e-3),
+        "64x64x4": timing(scene, config, SHAPE_64, 4, min(calls, 5), generator),
+        "32x32x3": timing(scene, config, SHAPE_32, 4, min(calls, 6), generator),
+        "32x32x3_2_views": timing(scene, config, SHAPE_32, 2, calls, generator),
+        "32x32x3_2_views_sde": timing(scene, config, SHAPE_32, 2, calls, generator, gamma=1e-3),
     }
     result["load_average"] = [round(v, 2) for v in os.getloadavg()]
     result["seconds"] = round(time.perf_counter() - started, 1)

@@ -61,6 +61,12 @@ Every prompt, with the same probe (:mod:`cfd3d.evaluation.probe`), against
 Per method also ``noise_share`` (time in the noise source / step time, all runs) and
 ``wall_s`` (distillation and evaluation of its runs).
 
+``--field gaussians`` runs every method on 3D Gaussians (the ``toy-gaussians`` preset
+instead of ``cpu-demo``; rows ``METHOD@gaussians``); ``--field voxel gaussians`` runs both
+in one invocation and adds ``wall_ratio_gaussians_voxel``: per method, the mean
+distillation time per run on Gaussians over that on the voxel grid. Docs then go to
+``toyworld-gaussians.md``/``.png``.
+
 ``--pipeline NAME`` (e.g. ``toy``) runs each method through the stages of a ``cfd3d generate
 --pipeline`` instead (every stage with the method's noise and ``w(t)``, the field handed
 from stage to stage as ``generate`` does) and scores every stage's result: rows
@@ -131,6 +137,7 @@ from cfd3d.priors.embedded.weights import sha256_of
 from cfd3d.priors.embedded.world import BASIC_SHAPES, WORLD_SHADING, WorldConfig
 from cfd3d.render import ShadingConfig, SolidBackground
 from cfd3d.scene.cameras import Cameras, orbit, spherical_cameras
+from cfd3d.scene.gaussians import GaussianField
 from cfd3d.scene.sampling import CameraSamplerConfig, sample_cameras
 from cfd3d.scene.toy import COLORS, get_scene
 
@@ -144,6 +151,8 @@ PROBE_TRAIN_SEED = 0
 SINGLE_PROMPTS: tuple[str, ...] = ("a red cube", "a blue cone", "a yellow torus")
 UNDERSPECIFIED: tuple[str, ...] = ("a red object", "a torus")
 PRESET = "cpu-demo"
+FIELD_PRESETS = {"voxel": PRESET, "gaussians": "toy-gaussians"}
+"""The preset of each ``--field``."""
 
 ORBIT_VIEWS, ELEVATION, DISTANCE, FOVY = 8, 15.0, 1.4, 52.5
 """The evaluation orbit: the middle of the training cameras' distance and field of view."""
@@ -293,6 +302,14 @@ def evaluation_cameras() -> tuple[Cameras, Cameras]:
     return orbit(ORBIT_VIEWS, ELEVATION, DISTANCE, FOVY), figure
 
 
+def renderer_for(run: Run, field: object):
+    """The run's rasteriser for its Gaussians, its volume renderer for anything else (a
+    voxel grid, a NeRF, a ground-truth scene)."""
+    if isinstance(field, GaussianField) and run.splatter is not None:
+        return run.splatter
+    return run.renderer
+
+
 @torch.no_grad()
 def world_views(run: Run, field: torch.nn.Module, seed: int) -> torch.Tensor:
     """``(WORLD_VIEWS, 3, 32, 32)`` renders of ``field`` made the way the toy world makes the
@@ -311,7 +328,7 @@ def world_views(run: Run, field: torch.nn.Module, seed: int) -> torch.Tensor:
         index = (albedo == flat).nonzero()[:, 0]
         if len(index) == 0:
             continue
-        rgb = run.renderer(
+        rgb = renderer_for(run, field)(
             field,
             cameras[index].to(run.device),
             32,
@@ -333,7 +350,8 @@ def look(run: Run, field: torch.nn.Module, size: int, seed: int) -> Views:
     white = SolidBackground()
 
     def render(cams: Cameras, px: int, shading: ShadingConfig):
-        return run.renderer(field, cams.to(device), px, px, shading=shading, background=white)
+        renderer = renderer_for(run, field)
+        return renderer(field, cams.to(device), px, px, shading=shading, background=white)
 
     albedo = render(cameras, size, ALBEDO)
     probe = render(cameras, 32, HEADLIGHT).rgb.clamp(0, 1).permute(0, 3, 1, 2)
@@ -494,7 +512,7 @@ def job_configs(job: Job) -> list[tuple[str, GenerateConfig]]:
     if job.pipeline is None:
         base = replace(job.base, prompt=job.prompt.text)
         steps = job.steps if job.steps is not None else base.steps
-        return [(job.method, method_config(base, job.method, job.seed, steps))]
+        return [(job_row(job), method_config(base, job.method, job.seed, steps))]
     pipeline = configure(
         pipeline_config(job.pipeline, job.prompt.text),
         method=job.method,
@@ -502,6 +520,11 @@ def job_configs(job: Job) -> list[tuple[str, GenerateConfig]]:
         overrides={"seed": job.seed},
     )
     return [(f"{job.method}:{s.name}", s.config) for s in pipeline.stages]
+
+
+def job_row(job: Job) -> str:
+    """The report row of a single-stage job: its method, ``METHOD@gaussians`` on Gaussians."""
+    return job.method if job.base.field == "voxel" else f"{job.method}@{job.base.field}"
 
 
 def stage_labels(methods: list[str], pipeline: str | None) -> list[str]:
@@ -892,6 +915,8 @@ def check_counts(args: argparse.Namespace) -> None:
             raise UserError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
     if args.ablation and args.pipeline is not None:
         raise UserError("--ablation runs the single-stage preset; leave out --pipeline")
+    if args.pipeline is not None and args.field != ["voxel"]:
+        raise UserError("--field runs single-stage presets; leave out --pipeline")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -928,7 +953,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         base = pipeline_config(args.pipeline, first).stages[0].config
         steps = args.steps or (3 if quick else None)
-    rows = stage_labels(methods, args.pipeline)
+    fields = list(dict.fromkeys(args.field))
+    bases = {f: base if f == "voxel" else preset_config(FIELD_PRESETS[f], first) for f in fields}
+    rows = [
+        r if f == "voxel" else f"{r}@{f}"
+        for f in fields
+        for r in stage_labels(methods, args.pipeline)
+    ]
     prior = load_prior(args.weights, base)
     if args.weights is not None:
         weights = str(args.weights)
@@ -984,7 +1015,12 @@ def run(args: argparse.Namespace) -> int:
         )
 
     plan = [(p, s) for p in singles for s in seeds] + [(p, s) for p in unders for s in under_seeds]
-    jobs = [Job(base, m, p, s, steps, size, args.pipeline) for m in methods for p, s in plan]
+    jobs = [
+        Job(bases[f], m, p, s, steps, size, args.pipeline)
+        for f in fields
+        for m in methods
+        for p, s in plan
+    ]
     results: list[Result] = []
     truths: dict[str, Views] = {}
     truth_world: dict[tuple[str, int], torch.Tensor] = {}
@@ -1051,7 +1087,7 @@ def run(args: argparse.Namespace) -> int:
                 done += 1
                 finish(done, futures[future], future.result())
     if args.jobs != 1 or cached:
-        rank = {(j.method, j.prompt.text, j.seed): i for i, j in enumerate(jobs)}
+        rank = {(job_row(j), j.prompt.text, j.seed): i for i, j in enumerate(jobs)}
         results.sort(key=lambda r: rank[(r.method.split(":")[0], r.prompt.text, r.seed)])
 
     result: dict = {
@@ -1064,6 +1100,13 @@ def run(args: argparse.Namespace) -> int:
         )
         for m in rows
     }
+    if len(fields) > 1:
+        result["wall_ratio_gaussians_voxel"] = {
+            m: round(
+                result[f"{m}@gaussians"]["distill_s_per_run"] / result[m]["distill_s_per_run"], 3
+            )
+            for m in stage_labels(methods, None)
+        }
     result["prior_classes"] = prior_classes
     truth_fid, truth_clip = [], []
     for p in singles:  # the ground truth seen from the results' cameras, all seeds pooled
@@ -1089,7 +1132,7 @@ def run(args: argparse.Namespace) -> int:
         "probe_seed": PROBE_TRAIN_SEED,
         "ablation": bool(args.ablation),
         "quick": quick,
-        "preset": PRESET if args.pipeline is None else None,
+        "preset": ", ".join(FIELD_PRESETS[f] for f in fields) if args.pipeline is None else None,
         "pipeline": args.pipeline,
         "steps": steps,
         "guidance_scale": base.guidance_scale,
@@ -1119,6 +1162,8 @@ def run(args: argparse.Namespace) -> int:
     if docs is not None:
         command = shlex.join(["python", "benchmarks/toyworld.py", *sys.argv[1:]])
         stem = "toyworld" if args.pipeline is None else f"toyworld-{args.pipeline}"
+        if fields != ["voxel"]:
+            stem = "toyworld-gaussians"
         text = markdown(result, rows, command, machine(prior.device), stem)
         atomic_write_text(Path(docs) / f"{stem}.md", text)
         atomic_write_bytes(Path(docs) / f"{stem}.png", figure_png(results, truths, rows))
@@ -1180,6 +1225,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--quick", action="store_true", help="a smoke run of seconds; writes no docs"
+    )
+    parser.add_argument(
+        "--field",
+        nargs="+",
+        choices=tuple(FIELD_PRESETS),
+        default=["voxel"],
+        help="the field(s) each method distils: voxel (cpu-demo, default), gaussians "
+        "(toy-gaussians), or both (the Gaussians' wall time per run beside the voxel's)",
     )
     parser.add_argument(
         "--cache",

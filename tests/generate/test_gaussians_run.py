@@ -14,11 +14,12 @@ import trimesh
 
 from cfd3d.cli import main
 from cfd3d.errors import ConfigError
+from cfd3d.export.ply import gaussians_to_ply
 from cfd3d.generate.config import GenerateConfig, preset_config, save_config
 from cfd3d.generate.run import Run
 from cfd3d.priors.registry import load_prior
 from cfd3d.render.occupancy import OccupancyConfig
-from cfd3d.scene.gaussians import GaussianField
+from cfd3d.scene.gaussians import GaussianConfig, GaussianField
 
 SMALL = {"mesh_resolution": 24, "turntable_frames": 3, "turntable_size": 32}
 
@@ -127,8 +128,13 @@ def test_options_that_do_not_apply_to_gaussians(overrides, needle):
     ("gaussians", "needle"),
     [
         ({"count": 0}, "Gaussian count must be a positive integer"),
+        ({"count": -4}, "Gaussian count must be a positive integer"),
         ({"densify_every": 0}, "densify_every must be a positive number"),
+        ({"densify_every": -100}, "densify_every must be a positive number"),
         ({"opacity_reset_every": -5}, "opacity_reset_every must be a positive number"),
+        ({"opacity_reset_every": 0}, "opacity_reset_every must be a positive number"),
+        ({"densify_from": -1}, "need 0 <= densify_from <= densify_until"),
+        ({"init": "ply"}, "init ply needs init_path"),
     ],
 )
 def test_bad_gaussian_settings_in_a_config_file_exit_2(gaussians, needle, tmp_path: Path, capsys):
@@ -175,3 +181,61 @@ def test_field_flag_picks_the_gaussian_preset_and_is_checked(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["generate", "a blue torus", "--field", "splats", "--out", str(tmp_path / "x")])
     assert exit_.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def ply_config(tmp_path: Path, init_path: Path, field: str = "gaussians") -> Path:
+    """A config.json whose Gaussians start from ``init_path`` (``field`` may be another
+    kind, for ``--field gaussians`` to pick)."""
+    data = json.loads(save_config(small_config(steps=1)))
+    data["gaussians"].update(init="ply", init_path=str(init_path))
+    data["field"] = field
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"not a ply at all\n", "is not a 3DGS PLY: it does not start with 'ply'"),
+        (
+            b"ply\nformat binary_little_endian 1.0\nelement vertex 1\nproperty float x\n"
+            b"property float y\nproperty float z\nend_header\n" + bytes(12),
+            "is not a 3DGS PLY: its vertex element lacks f_dc_0",
+        ),
+        (None, "cannot read the Gaussians' init_path"),
+    ],
+)
+def test_field_gaussians_from_a_file_that_is_not_a_3dgs_ply_exits_2(
+    content, needle, tmp_path: Path, capsys
+):
+    source = tmp_path / "points.ply"
+    if content is not None:
+        source.write_bytes(content)
+    config = ply_config(tmp_path, source, field="voxel")
+    out = tmp_path / "out"
+    argv = ["generate", "--config", str(config), "--field", "gaussians", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_gaussians_start_from_a_3dgs_ply(prior, tmp_path: Path):
+    g = torch.Generator().manual_seed(7)
+    source = GaussianField(GaussianConfig(count=40, init_opacity=0.6), generator=g)
+    with torch.no_grad():
+        source.sh.copy_(torch.randn(source.sh.shape, generator=g))
+    path = tmp_path / "start.ply"
+    path.write_bytes(gaussians_to_ply(source))
+    config = replace(
+        small_config(steps=1),
+        gaussians=replace(small_config().gaussians, init="ply", init_path=str(path)),
+    )
+    run = Run(config, prior)
+    assert run.field.count == 40
+    for name in ("means", "log_scales", "quats", "opacity_logits", "sh"):
+        assert torch.equal(getattr(run.field, name), getattr(source, name)), name
+    assert not run.take_step().skipped
+    with pytest.raises(ConfigError, match="init_from and the Gaussians' init ply"):
+        replace(config, init_from="../stage1")

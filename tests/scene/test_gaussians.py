@@ -7,16 +7,24 @@ import math
 import pytest
 import torch
 
-from cfd3d.errors import ConfigError
+from cfd3d.errors import ConfigError, UserError
+from cfd3d.render.splat import SplatRenderer
+from cfd3d.render.volume import VolumeRenderer
+from cfd3d.scene.cameras import orbit
+from cfd3d.scene.fields import FieldOutput
 from cfd3d.scene.gaussians import (
     PARAMETER_NAMES,
     GaussianConfig,
     GaussianField,
+    GaussianParameters,
     adaptive_density_control,
     covariances,
+    gaussians_from_field,
+    point_spacing,
     quaternion_to_rotation,
     sh_basis,
 )
+from cfd3d.scene.toy import get_scene
 
 
 def make_field(count: int = 64, seed: int = 0, **overrides) -> GaussianField:
@@ -37,6 +45,14 @@ def make_field(count: int = 64, seed: int = 0, **overrides) -> GaussianField:
         ({"init_opacity": 1.0}, "init_opacity"),
         ({"max_screen_size": 0.0}, "max_screen_size must be positive"),
         ({"count": 10, "max_count": 5}, "max_count"),
+        ({"densify_every": -100}, "densify_every must be a positive"),
+        ({"densify_every": 2.5}, "densify_every must be an integer"),
+        ({"count": True}, "count must be an integer"),
+        ({"densify_from": -1}, "densify_from <= densify_until"),
+        ({"init": "ply"}, "init ply needs init_path"),
+        ({"init": "ply", "init_path": " "}, "init ply needs init_path"),
+        ({"init_path": "a.ply"}, "init_path applies to init ply only"),
+        ({"init": "points"}, "unknown Gaussian init"),
     ],
 )
 def test_bad_configs_are_one_clear_line(overrides, needle):
@@ -234,3 +250,65 @@ def test_spherical_harmonics_are_orthonormal_and_colour_views():
     seen = field.colors(torch.tensor([[-1.0, 0, 0], [1.0, 0, 0], [0, 0, 1.0]]))
     c1 = 0.4886025119029199
     assert seen[:, 0].tolist() == pytest.approx([0.5 + 0.5 * c1, 0.5 - 0.5 * c1, 0.5])
+
+
+# ------------------------------------------------------------- other initialisations
+
+
+def test_set_parameters_resizes_in_place_and_checks_shapes():
+    field = make_field(count=10)
+    means = field.means
+    optimizer = torch.optim.Adam(field.parameter_groups())
+    values = GaussianParameters(
+        means=torch.randn(25, 3),
+        log_scales=torch.full((25, 3), -3.0),
+        quats=torch.randn(25, 4),
+        opacity_logits=torch.zeros(25),
+        sh=torch.randn(25, 1, 3),
+    )
+    field.grad_count += 1.0
+    field.set_parameters(values)
+    assert field.count == 25 and field.means is means
+    assert optimizer.param_groups[0]["params"][0] is field.means
+    assert torch.equal(field.means, values.means) and not field.grad_count.any()
+    bad = GaussianParameters(**{**vars(values), "sh": torch.zeros(25, 4, 3)})
+    with pytest.raises(ValueError, match="sh has shape"):
+        field.set_parameters(bad)
+
+
+def test_point_spacing_is_the_distance_to_the_nearest_neighbours():
+    axis = torch.arange(5, dtype=torch.float32) * 0.1
+    lattice = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    spacing = point_spacing(lattice, chunk=7)  # chunks must not change the result
+    assert torch.allclose(spacing[62], torch.tensor(0.1))  # the centre: six at 0.1
+    assert torch.allclose(spacing, torch.full((125,), 0.1), atol=1e-6)
+    assert torch.equal(point_spacing(lattice[:1]), torch.zeros(1))
+
+
+def test_gaussians_sampled_from_a_field_render_its_silhouette_and_colour():
+    scene = get_scene("red_cube")
+    config = GaussianConfig(count=2048, max_count=2048, init_opacity=0.5)
+    values = gaussians_from_field(scene, 1.0, config, torch.Generator().manual_seed(0))
+    again = gaussians_from_field(scene, 1.0, config, torch.Generator().manual_seed(0))
+    assert torch.equal(values.means, again.means)
+    with torch.no_grad():
+        inside = scene(values.means).density
+    assert (inside > 0.5 * inside.max()).float().mean() > 0.95  # centres inside the cube
+    field = GaussianField(config)
+    field.set_parameters(values)
+    cameras = orbit(4, elevation_deg=20.0)
+    with torch.no_grad():
+        splats = SplatRenderer()(field, cameras, 32, 32, shading="albedo")
+        volume = VolumeRenderer()(scene, cameras, 32, 32, shading="albedo")
+    a, b = splats.opacity[..., 0] > 0.5, volume.opacity[..., 0] > 0.5
+    assert float((a & b).sum() / (a | b).sum()) > 0.9
+    red = splats.rgb[a].mean(0)
+    assert red[0] > 0.8 and red[1] < 0.25 and red[2] < 0.25
+
+
+def test_an_empty_field_has_nothing_to_hand_over():
+    def empty(points: torch.Tensor) -> FieldOutput:
+        return FieldOutput(torch.zeros(len(points)), torch.zeros(len(points), 3))
+
+    with pytest.raises(UserError, match="holds no density"):
+        gaussians_from_field(empty, 1.0, GaussianConfig(count=4), resolution=8)

@@ -13,7 +13,9 @@ The figures are ESTIMATES, and every caller shows them as such. One step of a ru
 with ``samples = views x size² x samples_per_ray`` (dense marching), the render terms
 averaged over the shading modes a run draws (with and without normals), and ``branches``
 the UNet evaluations of guidance (1, 2 with classifier-free guidance, 4 with Perp-Neg).
-A run sums its steps over its render schedule.
+A run sums its steps over its render schedule. For 3D Gaussians (``field="gaussians"``)
+a "sample" is a pixel (``samples_per_ray`` is 1): the rasteriser's time and memory per
+pixel at the preset's initial Gaussian count, measured like the volume renderer's.
 
 Where the constants come from:
 
@@ -40,6 +42,12 @@ Where the constants come from:
   Sequential CPU offload (``low_vram``) adds one host-to-device copy of the UNet and VAE
   weights per step, at a copy speed timed here.
 
+* Gaussians are rendered on the device by the run's rasteriser (:mod:`cfd3d.render.splat`:
+  the pure-PyTorch reference on a CPU, so on this project's 2-core CPU box the Gaussian
+  figures are CPU measurements of that rasteriser; gsplat on CUDA when installed). Their
+  cost grows with the Gaussians that cover each tile, so a run whose density control
+  multiplies the count costs more than estimated (noted).
+
 What the model ignores: empty-space skipping and early ray termination (the render terms
 are dense marching, an upper bound for presets with an occupancy grid); the multi-view
 noise (4-6 % of a ``cpu-demo`` step); the UNet's activations (inference without graph,
@@ -62,7 +70,10 @@ from cfd3d.evaluation.memory import SavedTensorsMeter
 from cfd3d.evaluation.render_cost import render_and_backward
 from cfd3d.generate.config import GenerateConfig
 from cfd3d.render.shading import ShadingConfig
+from cfd3d.render.splat import SplatRenderer, resolve_backend
 from cfd3d.render.volume import VolumeRenderer
+from cfd3d.scene.cameras import Cameras
+from cfd3d.scene.gaussians import GaussianField
 from cfd3d.scene.nerf import NeRFField
 from cfd3d.scene.sampling import sample_cameras
 from cfd3d.scene.voxel import VoxelGridField
@@ -93,6 +104,9 @@ ENCODER_EFFICIENCY = 0.35
 _CONV_CHANNELS = 320
 _MIN_TIMED_MS = {"cpu": 50.0, "cuda": 20.0}
 _FIRST_SIZE = {"cpu": 2, "cuda": 16}
+_FIRST_SPLAT_SIZE = 32
+"""Gaussians are timed from 32² up: on smaller images every tile holds nearly every
+Gaussian, and the cost per pixel is far above a large image's."""
 _MB = 2.0**20
 
 
@@ -221,6 +235,14 @@ def guidance_branches(config: GenerateConfig) -> int:
     return 2 + perp_neg
 
 
+def samples_per_ray(config: GenerateConfig) -> int:
+    """Field evaluations per pixel the render terms count: the ray's samples, or 1 for
+    Gaussians (whose render cost is per pixel at the measured Gaussian count)."""
+    if config.field == "gaussians":
+        return 1
+    return config.n_samples + config.n_importance
+
+
 def normals_share(config: GenerateConfig) -> float:
     """The share of steps whose shading needs normals (textureless and diffuse)."""
     return 1.0 - config.p_albedo
@@ -249,7 +271,7 @@ def step_cost(
     """
     views = config.views_per_step
     rays = views * size * size
-    per_ray = config.n_samples + config.n_importance
+    per_ray = samples_per_ray(config)
     share = normals_share(config)
     deferred = config.defers_backward(size)
 
@@ -337,7 +359,28 @@ def _make_field(config: GenerateConfig, device: torch.device) -> torch.nn.Module
     generator = torch.Generator().manual_seed(config.seed)
     if config.field == "voxel":
         return VoxelGridField(config.voxel, generator=generator).to(device)
+    if config.field == "gaussians":
+        return GaussianField(config.gaussians, generator=generator).to(device)
     return NeRFField(config.nerf, generator=generator).to(device)
+
+
+def _splat_and_backward(
+    renderer: SplatRenderer,
+    field: torch.nn.Module,
+    cameras: Cameras,
+    size: int,
+    shading: ShadingConfig,
+    grad_rgb: torch.Tensor,
+) -> float:
+    """Milliseconds of a Gaussian render with graph and its backward into the field."""
+    assert isinstance(field, GaussianField)
+    generator = torch.Generator().manual_seed(0)
+    _sync(grad_rgb.device)
+    tic = time.perf_counter()
+    out = renderer(field, cameras, size, size, shading=shading, generator=generator)
+    (out.rgb * grad_rgb).sum().backward()
+    _sync(grad_rgb.device)
+    return 1e3 * (time.perf_counter() - tic)
 
 
 def measure_render(
@@ -352,19 +395,27 @@ def measure_render(
         max_size: the image side never exceeds this (the run's largest).
     """
     field = _make_field(config, device)
-    renderer = VolumeRenderer(config.renderer_config())
+    renderer: VolumeRenderer | SplatRenderer = VolumeRenderer(config.renderer_config())
+    if config.field == "gaussians":
+        renderer = SplatRenderer(config.splat_config())
     shading: ShadingConfig = replace(config.shading, mode=mode)  # type: ignore[arg-type]
     n_views = config.cameras.views_per_group
     generator = torch.Generator().manual_seed(config.seed)
     cameras = sample_cameras(config.cameras, n_views, generator).to(device)
     kind = "cuda" if device.type == "cuda" else "cpu"
-    size = min(_FIRST_SIZE[kind], max_size)
-    per_ray = config.n_samples + config.n_importance
+    first = _FIRST_SIZE[kind] if config.field != "gaussians" else _FIRST_SPLAT_SIZE
+    size = min(first, max_size)
+    per_ray = samples_per_ray(config)
 
     def grad() -> torch.Tensor:
         return torch.randn(n_views, size, size, 3, generator=generator).to(device)
 
-    render_and_backward(renderer, field, cameras, size, shading, grad())  # warm-up
+    def render_ms() -> float:
+        if isinstance(renderer, SplatRenderer):
+            return _splat_and_backward(renderer, field, cameras, size, shading, grad())
+        return render_and_backward(renderer, field, cameras, size, shading, grad()).ms
+
+    render_ms()  # warm-up
     budget = _memory_budget(device)
     timed: list[tuple[int, float]] = []  # (samples, ms)
     kept: list[tuple[int, float]] = []  # (samples, bytes)
@@ -374,14 +425,14 @@ def measure_render(
             torch.cuda.reset_peak_memory_stats(device)
             before = torch.cuda.memory_allocated(device)
         with SavedTensorsMeter(exclude=field.parameters()) as meter:
-            cost = render_and_backward(renderer, field, cameras, size, shading, grad())
+            ms = render_ms()
         nbytes = meter.nbytes
         if kind == "cuda":
             nbytes = torch.cuda.max_memory_allocated(device) - before
-        timed.append((samples, cost.ms))
+        timed.append((samples, ms))
         kept.append((samples, nbytes))
         bigger = 4 * nbytes
-        enough = len(timed) > 1 and cost.ms >= _MIN_TIMED_MS[kind]
+        enough = len(timed) > 1 and ms >= _MIN_TIMED_MS[kind]
         if enough or 2 * size > max_size or bigger > budget:
             break
         size *= 2
@@ -509,7 +560,9 @@ class CostModel:
         self._priors: dict[tuple, PriorSpeed] = {}
 
     def _render(self, config: GenerateConfig, mode: str) -> RenderSpeed:
-        key = (config.field, config.n_samples + config.n_importance, mode)
+        key = (config.field, samples_per_ray(config), mode)
+        if config.field == "gaussians":
+            key += (config.gaussians.count, config.splat_backend)
         if key not in self._renders:
             max_size = max(config.render_sizes)
             self._renders[key] = measure_render(config, self.device, mode, max_size)
@@ -561,4 +614,12 @@ class CostModel:
             notes.append("dense-marching upper bound (empty-space skipping ignored)")
         if config.low_vram and self.device.type != "cuda":
             notes.append("low-VRAM offload needs CUDA: costed without it")
+        if config.field == "gaussians":
+            backend = resolve_backend(config.splat_backend, self.device)  # type: ignore[arg-type]
+            rasteriser = "gsplat" if backend == "gsplat" else "pure-PyTorch rasteriser"
+            notes.append(
+                f"{rasteriser} at {config.gaussians.count} Gaussians (densification "
+                f"up to {config.gaussians.max_count} ignored; per-pixel cost from small "
+                "images, an upper bound for large ones)"
+            )
         return tuple(notes)

@@ -27,7 +27,7 @@ from cfd3d.export.formats import check_format
 from cfd3d.noise.config import NoiseConfig
 from cfd3d.render.occupancy import OccupancyConfig
 from cfd3d.render.shading import ShadingConfig
-from cfd3d.render.splat import SplatConfig
+from cfd3d.render.splat import SPLAT_BACKENDS, SplatConfig
 from cfd3d.render.volume import RendererConfig
 from cfd3d.scene.encoding import HashGridConfig
 from cfd3d.scene.gaussians import GaussianConfig
@@ -100,6 +100,9 @@ class GenerateConfig:
             backward; writes ``model.ply`` as splats).
         voxel, nerf, gaussians: the fields' parameters (the Gaussians' include their
             learning rates and density control; ``lr``/``lr_mlp`` do not apply to them).
+        splat_backend: the Gaussians' rasteriser (:mod:`cfd3d.render.splat`): ``"auto"``
+            (gsplat's CUDA kernels on a CUDA device when gsplat is installed, else the
+            pure-PyTorch reference), ``"torch"`` or ``"gsplat"``.
         init_from: start the field (and a learned environment map) from an earlier run
             instead of the initial blob: a finished run's folder (its final checkpoint)
             or a checkpoint file; a relative path is relative to this run's output
@@ -168,6 +171,7 @@ class GenerateConfig:
     voxel: VoxelGridConfig = dataclasses.field(default_factory=VoxelGridConfig)
     nerf: NeRFConfig = dataclasses.field(default_factory=NeRFConfig)
     gaussians: GaussianConfig = dataclasses.field(default_factory=GaussianConfig)
+    splat_backend: str = "auto"
     init_from: str | None = None
     lr: float = 0.05
     lr_mlp: float = 1e-3
@@ -205,6 +209,10 @@ class GenerateConfig:
             raise ConfigError(f"unknown field '{self.field}'; valid: voxel, nerf, gaussians")
         if self.field == "gaussians":
             _check_gaussian_options(self)
+        if self.splat_backend not in SPLAT_BACKENDS:
+            raise ConfigError(
+                f"unknown splat_backend '{self.splat_backend}'; valid: {', '.join(SPLAT_BACKENDS)}"
+            )
         if self.background not in ("white", "random", "environment"):
             raise ConfigError(
                 f"unknown background '{self.background}'; valid: white, random, environment"
@@ -317,7 +325,7 @@ class GenerateConfig:
 
     def splat_config(self) -> SplatConfig:
         """The Gaussian rasteriser this run renders with (``field="gaussians"``)."""
-        return SplatConfig(shading=self.shading)
+        return SplatConfig(shading=self.shading, backend=self.splat_backend)  # type: ignore[arg-type]
 
     def resolved(self) -> GenerateConfig:
         """This config with the method's defaults filled in (what ``config.json`` holds)."""
@@ -337,6 +345,11 @@ def _check_gaussian_options(config: GenerateConfig) -> None:
     if config.deferred_backward == "always":
         raise ConfigError(
             "deferred backward does not apply to field gaussians; set deferred_backward auto"
+        )
+    if config.gaussians.init == "ply" and config.init_from is not None:
+        raise ConfigError(
+            "init_from and the Gaussians' init ply both give the starting Gaussians; keep one "
+            "(set gaussians.init blob or init_from null)"
         )
     if "ply" in config.formats:
         raise ConfigError(
@@ -477,26 +490,77 @@ def _toy_gaussians(prompt: str) -> GenerateConfig:
     )
 
 
+def _sd_gaussians(prompt: str) -> GenerateConfig:
+    """3D Gaussians distilled from Stable Diffusion 2.1-base on a GPU, after the Gaussian
+    distillers' recipes (DreamGaussian's text-to-3D stage: 5000 Gaussians in a ball of
+    radius 0.5 at opacity 0.1, degree-0 colour, its learning rates, densification every
+    100 steps from step 100, opacity reset every 700 steps, prune below opacity 0.01;
+    GaussianDreamer and LucidDreamer: 512² renders, a few thousand steps), with CFD's
+    Stable Diffusion settings (CFG 70, negative prompt, view-dependent prompts, the
+    paper's annealed timesteps over the run). 3000 steps at 512², one view per step,
+    albedo renders on a random background colour, densified up to 100k Gaussians until
+    step 2500. The densification threshold is DreamGaussian's 0.01 in its own loss scale;
+    with this loss it is not measured yet (no GPU run so far; ``toy-gaussians`` needed 1.0
+    at 32² on the embedded prior). To start from a voxel or NeRF run instead of the blob,
+    make this a later stage (``init_from``; :mod:`cfd3d.generate.pipeline`). Rendered by
+    gsplat when installed (``pip install 'cfd3d[gs]'``), else by the pure-PyTorch
+    rasteriser (slow at this size)."""
+    return GenerateConfig(
+        prompt=prompt,
+        prior="sd",
+        preset="sd-gaussians",
+        steps=3000,
+        guidance_scale=70.0,
+        negative_prompt=_SD_NEGATIVE,
+        views_per_step=1,
+        render_size=512,
+        p_albedo=1.0,
+        background="random",
+        field="gaussians",
+        gaussians=GaussianConfig(
+            count=5000,
+            max_count=100_000,
+            init_radius=0.5,
+            init_opacity=0.1,
+            lr_means=1e-3,
+            lr_scales=5e-3,
+            lr_quats=5e-3,
+            lr_opacity=5e-2,
+            lr_colors=1e-2,
+            densify_from=100,
+            densify_until=2500,
+            densify_every=100,
+            densify_grad_threshold=0.01,
+            dense_scale=0.01,
+            prune_opacity=0.01,
+            opacity_reset_every=700,
+        ),
+        timesteps=TimestepSchedule(kind="annealed", knots=PAPER_KNOTS),
+        checkpoint_every=500,
+        mesh_resolution=128,
+        mesh_threshold=0.3,
+        turntable_size=256,
+        turntable_frames=72,
+    )
+
+
 PRESETS: dict[str, typing.Callable[[str], GenerateConfig]] = {
     "cpu-demo": _cpu_demo,
     "toy-gaussians": _toy_gaussians,
     "sd-stage1": _sd_stage1,
     "sd-low-vram": _sd_low_vram,
     "sd-cpu": _sd_cpu,
+    "sd-gaussians": _sd_gaussians,
 }
 """Preset name -> config factory. Defaults: ``cpu-demo`` for the embedded prior;
-``sd-stage1`` for Stable Diffusion on a GPU and ``sd-cpu`` without one."""
+``sd-stage1`` for Stable Diffusion on a GPU and ``sd-cpu`` without one; with
+``--field gaussians``, ``toy-gaussians`` and ``sd-gaussians`` (a GPU)."""
 
 
 def default_preset(prior: str, device: str | None, field: str | None = None) -> str:
     """The preset a run gets when none is named (``field``: the one asked for, if any)."""
-    if field == "gaussians":
-        if prior == "embedded":
-            return "toy-gaussians"
-        raise ConfigError(
-            "there is no Gaussian preset for Stable Diffusion yet; name one with --preset, or "
-            "start from a config.json with field gaussians (--config)"
-        )
+    if field == "gaussians" and prior == "embedded":
+        return "toy-gaussians"
     if prior == "embedded":
         return "cpu-demo"
     import torch
@@ -504,6 +568,13 @@ def default_preset(prior: str, device: str | None, field: str | None = None) -> 
     on_gpu = device is not None and not device.startswith("cpu")
     if device is None:
         on_gpu = torch.cuda.is_available()
+    if field == "gaussians":
+        if on_gpu:
+            return "sd-gaussians"
+        raise ConfigError(
+            "there is no Gaussian preset for Stable Diffusion on a CPU (sd-gaussians needs a "
+            "GPU); name it with --preset sd-gaussians to try anyway, or use --field voxel"
+        )
     return "sd-stage1" if on_gpu else "sd-cpu"
 
 

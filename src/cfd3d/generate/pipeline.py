@@ -5,9 +5,12 @@ Stages are configuration, not new code paths: each stage is a :class:`GenerateCo
 step loop as a single run, into its own sub-folder laid out like a ``cfd3d generate``
 folder. Stage ``k + 1``'s field starts from stage ``k``'s final checkpoint
 (:attr:`GenerateConfig.init_from`, applied by :func:`start_from`): the same field kind, a
-voxel grid possibly at another resolution (trilinear resampling), a learned environment
-map carried along when both stages use one. Optimiser state and noise start afresh in
-every stage, as in the reference implementation.
+voxel grid possibly at another resolution (trilinear resampling), or a voxel grid or NeRF
+handing over to 3D Gaussians (``field="gaussians"``; their centres are sampled from the
+earlier field's density with the later stage's seed, their colours from its albedo:
+:func:`~cfd3d.scene.gaussians.gaussians_from_field`); a learned environment map is carried
+along when both stages use one. Optimiser state and noise start afresh in every stage, as
+in the reference implementation.
 
 Pipelines (:data:`PIPELINES`):
 
@@ -41,10 +44,14 @@ from cfd3d.generate.config import (
 )
 from cfd3d.generate.run import Run
 from cfd3d.render.shading import ShadingConfig
+from cfd3d.scene.gaussians import GaussianField, gaussians_from_field
+from cfd3d.scene.nerf import NeRFField
 from cfd3d.scene.sampling import CameraSamplerConfig
-from cfd3d.scene.voxel import VoxelGridConfig
+from cfd3d.scene.voxel import VoxelGridConfig, VoxelGridField
 
 _STAGE_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_HANDOVER_STREAM = 0x5EED_0005
+"""Seeds the sampling of Gaussians from an earlier field (with the run's seed)."""
 
 
 def is_stage_name(name: str) -> bool:
@@ -322,10 +329,20 @@ def check_handoff(previous: GenerateConfig, following: GenerateConfig, where: st
     Raises:
         ConfigError: one line naming ``where`` (the later stage) and what to change.
     """
-    if previous.field != following.field:
+    handover = following.field == "gaussians" and previous.field in ("voxel", "nerf")
+    if previous.field != following.field and not handover:
         raise ConfigError(
             f"{where}: a '{following.field}' field cannot start from the previous stage's "
-            f"'{previous.field}' field; use one field kind in every stage"
+            f"'{previous.field}' field; use one field kind in every stage (or hand a voxel "
+            "or nerf stage over to gaussians)"
+        )
+    if (
+        following.field == previous.field == "gaussians"
+        and previous.gaussians.sh_degree != following.gaussians.sh_degree
+    ):
+        raise ConfigError(
+            f"{where}: the Gaussians' sh_degree {following.gaussians.sh_degree} differs from "
+            f"the previous stage's {previous.gaussians.sh_degree}; keep it"
         )
     if following.field == "voxel" and previous.voxel.bound != following.voxel.bound:
         raise ConfigError(
@@ -379,7 +396,10 @@ def start_from(run: Run, state: Mapping[str, Any]) -> None:
     if following.field == "voxel":
         field = voxel_state_for(field, previous.voxel, following.voxel)
     try:
-        run.field.load_state_dict(field)
+        if following.field == "gaussians" and previous.field != "gaussians":
+            _hand_over_to_gaussians(run, previous, field)
+        else:
+            run.field.load_state_dict(field)
         if previous.background == following.background == "environment":
             run.background.load_state_dict(state["background"])  # type: ignore[union-attr]
     except (KeyError, RuntimeError) as exc:
@@ -387,3 +407,23 @@ def start_from(run: Run, state: Mapping[str, Any]) -> None:
             f"the checkpoint of init_from does not match its own config ({exc}); start the "
             "earlier stage afresh"
         ) from None
+
+
+def _hand_over_to_gaussians(
+    run: Run, previous: GenerateConfig, state: Mapping[str, torch.Tensor]
+) -> None:
+    """Set ``run``'s Gaussians from samples of an earlier voxel or NeRF field's density
+    (:func:`~cfd3d.scene.gaussians.gaussians_from_field`), drawn with ``run``'s seed."""
+    source: torch.nn.Module
+    if previous.field == "voxel":
+        source = VoxelGridField(previous.voxel)
+    else:
+        source = NeRFField(previous.nerf)
+    source.load_state_dict(state)
+    source.to(run.device)
+    generator = torch.Generator().manual_seed(run.config.seed ^ _HANDOVER_STREAM)
+    values = gaussians_from_field(
+        source, previous.field_bound, run.config.gaussians, generator, device=run.device
+    )
+    assert isinstance(run.field, GaussianField)
+    run.field.set_parameters(values)

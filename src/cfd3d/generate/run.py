@@ -37,6 +37,7 @@ from cfd3d.distill.loss import gradient_loss
 from cfd3d.distill.methods import make_rule
 from cfd3d.distill.timesteps import timestep_fraction
 from cfd3d.errors import ConfigError, UserError
+from cfd3d.export.ply import read_gaussian_ply
 from cfd3d.generate.config import GenerateConfig, config_to_dict
 from cfd3d.io import atomic_write_bytes, atomic_write_text, sha256_hex
 from cfd3d.noise import make_noise
@@ -51,7 +52,7 @@ from cfd3d.render import (
 from cfd3d.render.deferred import render_deferred
 from cfd3d.render.occupancy import OccupancyGrid
 from cfd3d.render.shading import ShadingConfig
-from cfd3d.render.splat import SplatInfo, SplatRenderer
+from cfd3d.render.splat import SplatInfo, SplatRenderer, resolve_backend
 from cfd3d.render.types import RenderOutput
 from cfd3d.scene.cameras import Cameras
 from cfd3d.scene.gaussians import GaussianField, adaptive_density_control
@@ -106,6 +107,10 @@ class Run:
             self.field: torch.nn.Module = VoxelGridField(config.voxel, generator=seed_gen)
         elif config.field == "gaussians":
             self.field = GaussianField(config.gaussians, generator=seed_gen)
+            path = config.gaussians.init_path
+            if config.gaussians.init == "ply" and path is not None:
+                ply = read_gaussian_ply(Path(path).expanduser(), config.gaussians.sh_degree)
+                self.field.set_parameters(ply)
         else:
             self.field = NeRFField(config.nerf, generator=seed_gen)
         self.field.to(self.device)
@@ -114,6 +119,7 @@ class Run:
         self.splatter: SplatRenderer | None = None
         if config.field == "gaussians":
             self.splatter = SplatRenderer(config.splat_config())
+            resolve_backend(self.splatter.config.backend, self.device)  # refused before a step
         self._splat_info: SplatInfo | None = None
         self.occupancy: OccupancyGrid | None = None
         if config.occupancy is not None:

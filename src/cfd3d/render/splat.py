@@ -30,10 +30,25 @@ samples). ``"depth"``: normals of the surface given by the rendered expected dep
 Depth: ``Σ w_i z_i / max(opacity, eps)`` with ``z_i`` the camera depth of the centres,
 turned into distance along each pixel's unit ray (``z / cos θ``), as ``RenderOutput``
 defines it.
+
+Backends (``SplatConfig.backend``): stages 1-2 run either here in PyTorch (``"torch"``,
+any device) or in gsplat's CUDA kernels (``"gsplat"``: ``gsplat.rasterization``,
+``pip install 'cfd3d[gs]'``), which composite the same per-view features (colour or
+shaded colour, camera depth, normals) by the same rules; stage 3 is shared, so both
+return the same ``RenderOutput``. ``"auto"`` takes gsplat on a CUDA device when it
+imports. :func:`gsplat_cameras` converts our cameras (OpenGL camera-to-world, square
+pixels, principal point at the image centre) to gsplat's world-to-camera ``viewmats`` in
+the OpenCV convention (x right, y down, z forward) and pinhole ``Ks``. Known differences
+of the CUDA path: gsplat bounds each Gaussian by a square of its opacity-aware radius
+(ours: the box of the cut-off ellipse; both keep every alpha above the floor in tiles the
+kernel reaches), sorts by depth per tile in float32, and its ``radius`` statistic is that
+radius, not the 3 σ major axis.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -56,6 +71,9 @@ from cfd3d.scene.gaussians import ALPHA_FLOOR, GaussianField, kernel_cutoff
 
 NormalSource = Literal["axes", "depth"]
 NORMAL_SOURCES: tuple[str, ...] = ("axes", "depth")
+SplatBackend = Literal["auto", "torch", "gsplat"]
+SPLAT_BACKENDS: tuple[str, ...] = ("auto", "torch", "gsplat")
+GSPLAT_INSTALL = "pip install 'cfd3d[gs]' (gsplat>=1.4)"
 
 MAX_ALPHA = 0.99
 """Largest alpha of one Gaussian at one pixel (3DGS)."""
@@ -79,6 +97,9 @@ class SplatConfig:
         tile_size: pixels per side of a rasterisation tile; bounds memory only.
         opacity_eps: floor of the opacity in the conditional depth and of the normal's
             length (as in the volume renderer).
+        backend: ``"torch"`` (the pure-PyTorch reference), ``"gsplat"`` (gsplat's CUDA
+            rasteriser; CUDA devices only) or ``"auto"`` (gsplat on CUDA when it imports,
+            else torch); see the module doc.
     """
 
     shading: ShadingConfig = field(default_factory=ShadingConfig)
@@ -88,8 +109,13 @@ class SplatConfig:
     dilation: float = 0.3
     tile_size: int = 8
     opacity_eps: float = 1e-3
+    backend: SplatBackend = "auto"
 
     def __post_init__(self) -> None:
+        if self.backend not in SPLAT_BACKENDS:
+            raise ConfigError(
+                f"unknown splat backend {self.backend!r}; valid: {', '.join(SPLAT_BACKENDS)}"
+            )
         if self.normal_source not in NORMAL_SOURCES:
             raise ConfigError(
                 f"unknown normal_source {self.normal_source!r}; valid: {', '.join(NORMAL_SOURCES)}"
@@ -218,6 +244,142 @@ def project_gaussians(
         radius=radius,
         valid=valid,
     )
+
+
+@functools.cache
+def gsplat_importable() -> bool:
+    """Whether ``import gsplat`` works here (checked once)."""
+    try:
+        importlib.import_module("gsplat")
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(
+    backend: SplatBackend, device: torch.device | str
+) -> Literal["torch", "gsplat"]:
+    """The rasteriser that ``backend`` means on ``device``.
+
+    Raises:
+        ConfigError: ``"gsplat"`` on a device that is not CUDA, or without gsplat installed.
+    """
+    cuda = torch.device(device).type == "cuda"
+    if backend == "gsplat":
+        if not cuda:
+            raise ConfigError(
+                f"the gsplat splat backend needs a CUDA device, not {device}; use backend "
+                "torch or auto"
+            )
+        if not gsplat_importable():
+            raise ConfigError(
+                f"the gsplat splat backend needs gsplat: {GSPLAT_INSTALL}; or use backend torch"
+            )
+        return "gsplat"
+    if backend == "auto" and cuda and gsplat_importable():
+        return "gsplat"
+    return "torch"
+
+
+def gsplat_cameras(cameras: Cameras, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Our cameras in gsplat's conventions.
+
+    Args:
+        cameras: ``B`` cameras (OpenGL camera-to-world: x right, y up, looking down -z).
+        height, width: image size in pixels.
+
+    Returns:
+        ``(B, 4, 4)`` world-to-camera ``viewmats`` in the OpenCV convention (x right, y
+        down, z forward: our camera frame with y and z negated) and ``(B, 3, 3)`` pinhole
+        ``Ks`` (focal ``cameras.focal(height)`` on both axes, principal point at the
+        image centre ``(width / 2, height / 2)``, pixel ``(i, j)`` centred at
+        ``(j + 0.5, i + 0.5)`` as in :func:`project_gaussians`).
+    """
+    c2w = cameras.c2w.to(torch.float32)
+    flip = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], device=c2w.device))
+    viewmats = flip @ torch.linalg.inv(c2w)
+    focal = cameras.focal(height).to(torch.float32)
+    ks = torch.zeros(len(cameras), 3, 3, device=c2w.device)
+    ks[:, 0, 0] = focal
+    ks[:, 1, 1] = focal
+    ks[:, 0, 2] = 0.5 * width
+    ks[:, 1, 2] = 0.5 * height
+    ks[:, 2, 2] = 1.0
+    return viewmats, ks
+
+
+def camera_depths(means: torch.Tensor, cameras: Cameras) -> torch.Tensor:
+    """``(B, N)`` camera depth (positive in front) of ``(N, 3)`` centres in ``B`` views."""
+    forward = -cameras.c2w[:, :3, 2].to(means.dtype)
+    position = cameras.position.to(means.dtype)
+    return torch.einsum("bni,bi->bn", means[None] - position[:, None], forward)
+
+
+@dataclass(frozen=True)
+class Rasterized:
+    """What a backend's rasterisation returns for ``B`` views of ``N`` Gaussians.
+
+    Attributes:
+        features: ``(B, H, W, C)`` composited features ``Σ w_i f_i``.
+        opacity: ``(B, H, W, 1)`` ``Σ w_i``.
+        means2d: ``(B, N, 2)`` projected centres in pixels (retaining its gradient when
+            the render has a graph).
+        visible: ``(B, N)`` whether each Gaussian was rasterised in each view.
+        radius: ``(B, N)`` projected radius in pixels (no gradient).
+    """
+
+    features: torch.Tensor
+    opacity: torch.Tensor
+    means2d: torch.Tensor
+    visible: torch.Tensor
+    radius: torch.Tensor
+
+
+def rasterize_gsplat(
+    field: GaussianField,
+    features: torch.Tensor,
+    cameras: Cameras,
+    height: int,
+    width: int,
+    config: SplatConfig,
+) -> Rasterized:
+    """Stages 1-2 in gsplat's CUDA kernels (``gsplat.rasterization``, classic mode, not
+    packed): the same features composited by the same rules as :func:`rasterize`.
+
+    Args:
+        field: the Gaussians (on a CUDA device).
+        features: ``(B, N, C)`` per-view values to composite.
+        cameras: ``B`` cameras.
+        height, width: image size.
+        config: ``near`` and ``dilation`` (gsplat's ``near_plane`` and ``eps2d``).
+    """
+    from gsplat import rasterization
+
+    viewmats, ks = gsplat_cameras(cameras, height, width)
+    device = field.means.device
+    image, alpha, meta = rasterization(
+        field.means,
+        field.quats,
+        field.scales,
+        field.opacity,
+        features,
+        viewmats.to(device),
+        ks.to(device),
+        width,
+        height,
+        near_plane=config.near,
+        eps2d=config.dilation,
+        packed=False,
+        render_mode="RGB",
+        rasterize_mode="classic",
+        channel_chunk=max(32, features.shape[-1]),
+    )
+    means2d = meta["means2d"]
+    if means2d.requires_grad:
+        means2d.retain_grad()
+    radii = meta["radii"]
+    radius = (radii.amax(-1) if radii.ndim == 3 else radii).to(features.dtype)  # 1.5: per axis
+    return Rasterized(image, alpha, means2d, radius > 0, radius)
 
 
 def _composite_tile(
@@ -390,17 +552,22 @@ class SplatRenderer:
 
         means = field.means
         opacity = field.opacity
-        projection = project_gaussians(
-            means, field.covariances(), opacity, cameras, height, width, cfg.near, cfg.dilation
-        )
-        means2d = projection.means2d
-        if means2d.requires_grad:
-            means2d.retain_grad()
+        backend = resolve_backend(cfg.backend, means.device)
+        projection = None
+        if backend == "torch":
+            projection = project_gaussians(
+                means, field.covariances(), opacity, cameras, height, width, cfg.near, cfg.dilation
+            )
+            if projection.means2d.requires_grad:
+                projection.means2d.retain_grad()
+            depths = projection.depths
+        else:
+            depths = camera_depths(means, cameras)
         position = cameras.position.to(means.dtype)
         view_dirs = F.normalize(means[None] - position[:, None], dim=-1)
         albedo = field.colors(view_dirs)  # (B, N, 3)
         per_gaussian_normals = want_normals and cfg.normal_source == "axes"
-        parts = [albedo, projection.depths[..., None]]
+        parts = [albedo, depths[..., None]]
         if per_gaussian_normals:
             axes = field.shortest_axes()[None].expand_as(view_dirs)
             facing = (axes * view_dirs).sum(-1, keepdim=True) > 0.0
@@ -417,9 +584,16 @@ class SplatRenderer:
                 parts[0] = flat.view_as(albedo)
             parts.append(normals)
         features = torch.cat(parts, dim=-1)
-        image, alpha, visible = rasterize(
-            projection, opacity, features, height, width, cfg.tile_size
-        )
+        if projection is not None:
+            image, alpha, seen = rasterize(
+                projection, opacity, features, height, width, cfg.tile_size
+            )
+            raster = Rasterized(
+                image, alpha, projection.means2d, seen & projection.valid, projection.radius
+            )
+        else:
+            raster = rasterize_gsplat(field, features, cameras, height, width, cfg)
+        image, alpha = raster.features, raster.opacity
         color = image[..., :3]
         # camera depth -> distance along the unit ray: divide by cos θ = 1 / |(x, y, -1)|
         stretch = cameras.pixel_directions(height, width).to(image.dtype).norm(dim=-1)
@@ -443,9 +617,9 @@ class SplatRenderer:
                 color = shaded * alpha if shading_config.mode == "textureless" else shaded
         rgb = color + (1.0 - alpha) * background(directions, generator)
         info = SplatInfo(
-            means2d=means2d,
-            visible=visible & projection.valid,
-            radius=projection.radius / height,
+            means2d=raster.means2d,
+            visible=raster.visible,
+            radius=raster.radius / height,
             height=height,
             width=width,
         )
