@@ -79,6 +79,32 @@ def test_textured_glb_has_no_errors(tmp_path):
     assert report["info"]["materialCount"] == 1 and report["info"]["hasTextures"]
 
 
+def test_a_gaussian_runs_glb_has_no_errors(tmp_path):
+    # the mesh that `cfd3d generate --field gaussians` exports beside its model.ply
+    from dataclasses import replace
+
+    from cfd3d.cli import main
+    from cfd3d.generate.config import preset_config, save_config
+
+    config = replace(
+        preset_config("toy-gaussians", "a blue torus"),
+        steps=2,
+        mesh_resolution=32,
+        texture_size=64,
+        turntable_frames=1,
+        turntable_size=32,
+    )
+    path = tmp_path / "config.json"
+    path.write_text(save_config(config))
+    out = tmp_path / "run"
+    assert main(["generate", "--config", str(path), "--out", str(out), "-q"]) == 0
+    assert (out / "model.ply").is_file()
+    report = validate(out / "model.glb")
+    assert report["issues"]["numErrors"] == 0, summary(report)
+    assert report["issues"]["numWarnings"] == 0, summary(report)
+    assert report["info"]["totalTriangleCount"] > 0 and report["info"]["hasTextures"]
+
+
 def test_validator_reports_a_broken_glb(tmp_path):
     """The check can fail: a GLB whose declared length disagrees with the file's."""
     mesh = extract_mesh(lambda p: 10.0 * (0.6 - p.norm(dim=-1)), resolution=8, threshold=0.0)
