@@ -1,12 +1,14 @@
 """Janus on the toy world: does a distilled head show its face from behind?
 
-The toy world's "head" is a ball with a pale face on its front (+x, azimuth 0). Every run
-distils "a {colour} head" with the ``cpu-demo`` preset (view-dependent prompts on) and is
-rendered in albedo from the evaluation orbit of ``benchmarks/toyworld.py`` (8 views at
-elevation 15°, front first), on white. In each view, ``face`` is the share of the
-object's pixels (opacity > 0.5) whose albedo is nearer the face colour than the head's
-colour and within :data:`FACE_TOLERANCE` of it; the ground-truth head, rendered the same
-way, gives the reference ``face`` per view.
+The toy world's "head" is a ball with a face on its front (+x, azimuth 0), in the face
+colour of the prior's world (``EmbeddedPrior.world.face_rgb``: pale for the first prior).
+Every run distils "a {colour} head" with the ``cpu-demo`` preset (view-dependent prompts
+on) from the shipped prior or ``--weights`` and is rendered in albedo from the evaluation
+orbit of ``benchmarks/toyworld.py`` (8 views at elevation 15°, front first), on white. In
+each view, ``face`` is the share of the object's pixels (opacity > 0.5) whose albedo is
+nearer the face colour than the head's colour and within :data:`FACE_TOLERANCE` of it; the
+ground-truth head of that world, rendered the same way, gives the reference ``face`` per
+view.
 
 Per configuration (``cfd``, ``cfd+perpneg``, ``sds`` by default; ``+perpneg`` adds Perp-Neg
 with weight ``--perp-neg``):
@@ -21,7 +23,7 @@ with weight ``--perp-neg``):
 Usage::
 
     python benchmarks/janus.py [--seed 0] [--seeds 3] [--colors red blue green]
-        [--configs cfd cfd+perpneg sds] [--perp-neg 2] [--jobs 2] [--quick]
+        [--configs cfd cfd+perpneg sds] [--perp-neg 2] [--weights PATH] [--jobs 2] [--quick]
 
 The last line of stdout is one JSON object; progress goes to stderr. Bad arguments are
 one line on stderr and exit code 2.
@@ -45,14 +47,14 @@ import torch
 
 from cfd3d.cli import guarded
 from cfd3d.errors import UserError
-from cfd3d.generate.command import load_prior_for
 from cfd3d.generate.config import GenerateConfig, preset_config
 from cfd3d.generate.run import Run
 from cfd3d.priors.base import Prior
-from cfd3d.scene.toy import COLORS, FACE_RGB, get_scene
+from cfd3d.priors.embedded.world import WorldConfig
+from cfd3d.scene.toy import COLORS, ToyScene, single
 
 FACE_TOLERANCE = 0.2
-"""Largest RGB distance from :data:`FACE_RGB` of a pixel counted as face."""
+"""Largest RGB distance from the face colour of a pixel counted as face."""
 BACK_VIEW = 4
 """Index of azimuth 180° in the 8-view orbit."""
 
@@ -78,12 +80,14 @@ class Job:
     color: str
 
 
-def face_by_view(albedo: torch.Tensor, opacity: torch.Tensor, color: str) -> list[float]:
-    """Share of face pixels among the object's pixels, per view of ``(V, S, S, 3)`` albedo
-    renders on white with ``(V, S, S)`` opacity."""
+def face_by_view(
+    albedo: torch.Tensor, opacity: torch.Tensor, color: str, face_rgb: tuple[float, float, float]
+) -> list[float]:
+    """Share of face pixels (albedo ``face_rgb``) among the object's pixels, per view of
+    ``(V, S, S, 3)`` albedo renders on white with ``(V, S, S)`` opacity."""
     a = opacity[..., None].clamp_min(1e-6)
     rgb = (albedo - (1.0 - opacity[..., None])) / a  # un-premultiply (white background)
-    face, body = torch.tensor(FACE_RGB), torch.tensor(COLORS[color])
+    face, body = torch.tensor(face_rgb), torch.tensor(COLORS[color])
     to_face = (rgb - face).norm(dim=-1)
     is_face = (to_face < FACE_TOLERANCE) & (to_face < (rgb - body).norm(dim=-1))
     mask = opacity > 0.5
@@ -91,18 +95,25 @@ def face_by_view(albedo: torch.Tensor, opacity: torch.Tensor, color: str) -> lis
     return ((is_face & mask).flatten(1).sum(1) / counts).tolist()
 
 
-def faces(run: Run, field: torch.nn.Module, color: str) -> list[float]:
-    """:func:`face_by_view` of ``field`` seen from toyworld's evaluation orbit."""
-    views = toyworld().look(run, field, toyworld().EVAL_SIZE)
-    return face_by_view(views.albedo, views.opacity, color)
+def true_head(color: str, world: WorldConfig) -> ToyScene:
+    """The ground truth of "a {color} head" in ``world``: its face in the world's colour."""
+    return single(color, "head", world.face_rgb)
+
+
+def faces(run: Run, field: torch.nn.Module, color: str, world: WorldConfig) -> list[float]:
+    """:func:`face_by_view` of ``field`` seen from toyworld's evaluation orbit, with
+    ``world``'s face colour."""
+    tw = toyworld()
+    views = tw.look(run, field, tw.EVAL_SIZE, run.config.seed, world)
+    return face_by_view(views.albedo, views.opacity, color, world.face_rgb)
 
 
 _PRIOR: list[Prior] = []
 
 
-def start_worker(base: GenerateConfig, threads: int) -> None:
+def start_worker(weights: Path | None, base: GenerateConfig, threads: int) -> None:
     torch.set_num_threads(threads)
-    _PRIOR[:] = [load_prior_for(base)]
+    _PRIOR[:] = [toyworld().load_prior(weights, base)]
 
 
 def run_job(job: Job) -> dict:
@@ -112,7 +123,9 @@ def run_job(job: Job) -> dict:
         "label": job.label,
         "color": job.color,
         "seed": job.config.seed,
-        "face": face_by_view(views.albedo, views.opacity, job.color),
+        "face": face_by_view(
+            views.albedo, views.opacity, job.color, tw.world_of(_PRIOR[0]).face_rgb
+        ),
         "seconds": timing["distill_s"] + timing["eval_s"],
     }
 
@@ -154,9 +167,10 @@ def run(args: argparse.Namespace) -> int:
                 Job(toyworld().method_config(prompted, method, s, base.steps), label, c)
                 for s in seeds
             ]
-    prior = load_prior_for(base)
+    prior = toyworld().load_prior(args.weights, base)
+    world = toyworld().world_of(prior)
     truth_run = Run(base.resolved(), prior)
-    truth = {c: faces(truth_run, get_scene(f"{c}_head"), c) for c in colors}
+    truth = {c: faces(truth_run, true_head(c, world), c, world) for c in colors}
 
     results = []
     if args.jobs == 1:
@@ -171,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
             args.jobs,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=start_worker,
-            initargs=(base, args.threads),
+            initargs=(args.weights, base, args.threads),
         ) as pool:
             for i, result in enumerate(pool.map(run_job, jobs), 1):
                 results.append(result)
@@ -199,6 +213,8 @@ def run(args: argparse.Namespace) -> int:
         "steps": base.steps,
         "guidance_scale": base.guidance_scale,
         "perp_neg": args.perp_neg,
+        "weights": None if args.weights is None else str(args.weights),
+        "face_rgb": list(world.face_rgb),
         "jobs": args.jobs,
         "threads": args.threads,
         "quick": args.quick,
@@ -221,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--perp-neg", type=float, default=2.0, help="Perp-Neg weight")
     parser.add_argument("--steps", type=int, default=None, help="steps (default: the preset's)")
+    parser.add_argument(
+        "--weights", type=Path, default=None, help="embedded prior weights (default: shipped)"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
     parser.add_argument("--quick", action="store_true", help="a smoke run of seconds")

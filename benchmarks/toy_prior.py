@@ -1,7 +1,9 @@
 """Does the embedded toy-world prior draw what it is told? (issue 5)
 
 Judges DDIM samples of the embedded prior (:mod:`cfd3d.priors.embedded`) without looking
-at any ground truth of the samples themselves:
+at any ground truth of the samples themselves. Every ground-truth render (the probe's data,
+the judges' checks) is made in the prior's own world (``EmbeddedPrior.world``: its
+cameras, its head's face colour), so a prior trained on another world is judged on it:
 
 1. A probe classifier, a small CNN with a colour head (the 10 named colours) and a shape
    head (the 6 basic shapes), is trained only on ground-truth renders of single basic
@@ -20,20 +22,22 @@ at any ground truth of the samples themselves:
    each pixel gets the named colour that explains it best as a shaded albedo (see
    :func:`segment`); a sample counts as correct when both named colours cover at least
    :data:`MIN_PIXELS` pixels and their centroids are ordered as the prompt says (X's above
-   Y's for "on": the cameras look from 0-40° elevation, so "above in the world" is "higher
-   in the image"; X's left of Y's for "next to", which the toy world defines from the front,
-   and every front view, within 45° of azimuth 0, keeps left on the left).
-   ``relation_judge_acc_gt`` is the judge's accuracy on ground-truth renders of the same
-   eight scenes from training-like cameras, ``relation_judge_swapped_gt`` the fraction of
-   them it (wrongly) accepts for the swapped prompt ("Y on top of X").
+   Y's for "on": the first world's cameras look from 0-40° elevation, so "above in the
+   world" is "higher in the image"; a world whose cameras reach overhead views asks for
+   ", front view" here too, see :func:`relation_prompt`; X's left of Y's for "next to",
+   which the toy world defines from the front, and every front view, within 45° of azimuth
+   0, keeps left on the left). ``relation_judge_acc_gt`` is the judge's accuracy on
+   ground-truth renders of the same eight scenes from the world's cameras (its front views
+   where the prompt names one), ``relation_judge_swapped_gt`` the fraction of them it
+   (wrongly) accepts for the swapped prompt ("Y on top of X").
 4. ``face_acc``: for each of :data:`FACE_COLORS`, ``--face-samples`` samples of "a {colour}
    head, front view" and as many of "..., back view", judged by pixels alone
    (:func:`face_share`: the share of the head's pixels that the face colour explains
    better than the head's, where the head surrounds them); a front sample is right when
    its share reaches :data:`FACE_SHARE`, a back sample when it stays below.
    ``face_acc`` is the mean over both kinds (``face_front_rate``, ``face_back_rate``);
-   ``face_judge_acc_gt`` the same judge on ground-truth renders from front-sector and
-   back-sector training cameras.
+   ``face_judge_acc_gt`` the same judge on ground-truth renders from the world's front- and
+   back-view cameras (:func:`sector_cameras`), with the world's face colour.
 5. ``sample_s``: median wall time of one prompt's ``--samples`` samples at ``--guidance``
    on this CPU with ``--threads`` threads; ``weights_mb``: size of the float16 safetensors
    file in MB (10^6 bytes).
@@ -49,8 +53,8 @@ Usage::
                                     --checkpoint /work/train/checkpoint.pt] [--quick]
 
 Without ``--weights`` or ``--checkpoint`` the shipped weights are judged. The last line of
-stdout is one JSON object; a missing or unreadable weights file is one line on stderr and
-exit code 2.
+stdout is one JSON object (``world``: the world judged against); a missing or unreadable
+weights file is one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -83,9 +87,10 @@ from cfd3d.priors.embedded.world import (
     WorldConfig,
     render_world,
     vocabulary,
+    world_from_dict,
 )
-from cfd3d.scene.sampling import CameraSamplerConfig, sample_cameras
-from cfd3d.scene.toy import COLORS, FACE_RGB, RELATIONS, pair, single
+from cfd3d.scene.sampling import CameraSamplerConfig, ViewLabelConfig, sample_cameras
+from cfd3d.scene.toy import COLORS, RELATIONS, pair, single
 
 DEMO_GUIDANCE = preset_config("cpu-demo", "a red cube").guidance_scale
 """The guidance of the embedded prior's distillation preset: the main figures' scale."""
@@ -110,11 +115,8 @@ RELATION_SPECS: tuple[tuple[str, str, str, str, str], ...] = (
 """(colour, shape, relation, colour, shape): the colours of a pair are far apart even when
 shaded (no red/pink, orange/brown, gray), so that the pixel segmentation can tell them."""
 
-FRONT_CAMERAS = CameraSamplerConfig(azimuth_deg=(-45.0, 45.0))
-"""Training cameras restricted to the "front view" sector (azimuth within 45° of 0)."""
-
-BACK_CAMERAS = CameraSamplerConfig(azimuth_deg=(135.0, 225.0))
-"""Training cameras restricted to the "back view" sector."""
+VIEW_LABELS = ViewLabelConfig()
+"""The view phrases' sectors, as the toy world's captions use them."""
 FACE_COLORS: tuple[str, ...] = ("red", "blue", "green", "purple")
 """Head colours of the face test: far from the face's own colour even when shaded."""
 FACE_SHARE = 0.1
@@ -140,10 +142,30 @@ def single_prompts(n: int = 16) -> list[tuple[str, str]]:
     ]
 
 
-def relation_prompt(spec: tuple[str, str, str, str, str]) -> str:
-    """The caption of a composition, with ", front view" for "next to"."""
-    scene = pair(*spec)
-    return scene.caption() + (", front view" if spec[2] == "next_to" else "")
+def sector_cameras(world: WorldConfig, view: str) -> CameraSamplerConfig:
+    """The world's cameras restricted to the views its captions call ``view`` ("front" or
+    "back"): azimuth within the sector, elevation at most the overhead threshold."""
+    width = VIEW_LABELS.front_deg if view == "front" else VIEW_LABELS.back_deg
+    centre = 0.0 if view == "front" else 180.0
+    low, high = world.cameras.elevation_deg
+    high = min(high, VIEW_LABELS.overhead_deg)
+    return replace(
+        world.cameras,
+        azimuth_deg=(centre - width, centre + width),
+        elevation_deg=(min(low, high), high),
+    )
+
+
+def names_front(spec: tuple[str, str, str, str, str], world: WorldConfig) -> bool:
+    """Does the composition's prompt name the front view? Always for "next to" (defined
+    from the front); for "on" when the world's cameras reach overhead views, from which
+    "above" is not "higher in the image"."""
+    return spec[2] == "next_to" or world.cameras.elevation_deg[1] > VIEW_LABELS.overhead_deg
+
+
+def relation_prompt(spec: tuple[str, str, str, str, str], world: WorldConfig) -> str:
+    """The caption of a composition, with ", front view" where :func:`names_front`."""
+    return pair(*spec).caption() + (", front view" if names_front(spec, world) else "")
 
 
 # ----------------------------------------------------------------------------- the probe
@@ -202,9 +224,9 @@ def probe_labels(items: list[Item]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(colors), torch.tensor(shapes)
 
 
-def probe_data(n: int, seed: int) -> LabelledImages:
-    """``n`` ground-truth renders of single basic shapes from the toy world."""
-    images, items = render_world(WorldConfig(p_head=0.0, p_pair=0.0), n, seed)
+def probe_data(n: int, seed: int, world: WorldConfig) -> LabelledImages:
+    """``n`` ground-truth renders of single basic shapes from ``world``."""
+    images, items = render_world(replace(world, p_head=0.0, p_pair=0.0), n, seed)
     color, shape = probe_labels(items)
     return LabelledImages(images.float() / 255.0, color, shape)
 
@@ -270,6 +292,15 @@ def probe_accuracy(probe: Probe, data: LabelledImages) -> tuple[float, float]:
 # ------------------------------------------------------------------ the relation judge
 
 
+def shade_residual(images: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
+    """``(N, H, W, K)`` distance of every pixel from each of ``K`` albedos ``(K, 3)`` seen
+    as a shaded albedo: ``|p - k c|`` with the least-squares brightness ``k = <p, c> /
+    <c, c>`` clamped to :data:`SHADE_RANGE`, for ``(N, 3, H, W)`` images in [0, 1]."""
+    p = images.permute(0, 2, 3, 1)[..., None, :]  # (N, H, W, 1, 3)
+    k = ((p * palette).sum(-1) / (palette * palette).sum(-1)).clamp(*SHADE_RANGE)
+    return (p - k[..., None] * palette).norm(dim=-1)
+
+
 def segment(images: torch.Tensor) -> torch.Tensor:
     """Label every pixel with the named colour that best explains it as a shaded albedo.
 
@@ -287,10 +318,7 @@ def segment(images: torch.Tensor) -> torch.Tensor:
         pixels no colour explains within :data:`MAX_RESIDUAL`.
     """
     palette = torch.tensor(list(COLORS.values()), dtype=images.dtype)  # (K, 3)
-    p = images.permute(0, 2, 3, 1)[..., None, :]  # (N, H, W, 1, 3)
-    k = ((p * palette).sum(-1) / (palette * palette).sum(-1)).clamp(*SHADE_RANGE)
-    residual = (p - k[..., None] * palette).norm(dim=-1)  # (N, H, W, K)
-    best, label = residual.min(dim=-1)
+    best, label = shade_residual(images, palette).min(dim=-1)
     foreground = (1.0 - images).amax(dim=1) > FOREGROUND
     return torch.where(foreground & (best < MAX_RESIDUAL), label, torch.full_like(label, -1))
 
@@ -318,22 +346,21 @@ def judge_relation(images: torch.Tensor, color_a: str, relation: str, color_b: s
     return present[0] & present[1] & (centres[0] < centres[1])
 
 
-def face_share(images: torch.Tensor, color: str) -> torch.Tensor:
+def face_share(
+    images: torch.Tensor, color: str, face_rgb: tuple[float, float, float]
+) -> torch.Tensor:
     """``(N,)`` share of a head's pixels showing its face, in ``(N, 3, H, W)`` images.
 
     Every pixel is fit as a shaded albedo (as in :func:`segment`) by the head's colour and
-    by the face's (:data:`~cfd3d.scene.toy.FACE_RGB`); the head is the pixels the head's
+    by the face's (``face_rgb``, the world's); the head is the pixels the head's
     colour explains best (within :data:`MAX_RESIDUAL`), the face the pixels the face colour
     explains best among the pixels with head pixels on both sides along their row or their
     column, so a pale face on a white background counts where the head surrounds it and
     the background around a ball does not. 0 where the head covers fewer than
     :data:`MIN_PIXELS` pixels.
     """
-    palette = torch.tensor([COLORS[color], FACE_RGB], dtype=images.dtype)  # (2, 3)
-    p = images.permute(0, 2, 3, 1)[..., None, :]
-    k = ((p * palette).sum(-1) / (palette * palette).sum(-1)).clamp(*SHADE_RANGE)
-    residual = (p - k[..., None] * palette).norm(dim=-1)  # (N, H, W, 2)
-    best, label = residual.min(dim=-1)
+    palette = torch.tensor([COLORS[color], face_rgb], dtype=images.dtype)  # (2, 3)
+    best, label = shade_residual(images, palette).min(dim=-1)
     explained = best < MAX_RESIDUAL
     head = explained & (label == 0)
 
@@ -350,24 +377,25 @@ def face_share(images: torch.Tensor, color: str) -> torch.Tensor:
     return torch.where(n_head >= MIN_PIXELS, share, torch.zeros_like(share))
 
 
-def render_heads(colors: tuple[str, ...], views: int, seed: int) -> tuple[torch.Tensor, ...]:
-    """Ground-truth renders in [0, 1], lit like the toy world (a fifth in flat albedo), of
-    a head of each colour: ``(len(colors) * views, 3, 32, 32)`` from front-sector cameras and
-    as many from back-sector ones, grouped by colour."""
+def render_heads(
+    colors: tuple[str, ...], views: int, seed: int, world: WorldConfig
+) -> tuple[torch.Tensor, ...]:
+    """Ground-truth renders in [0, 1] of a head of each colour with ``world``'s face, lit
+    like its images (its share in flat albedo): ``(len(colors) * views, 3, S, S)`` from its
+    front-view cameras and as many from its back-view ones, grouped by colour."""
     from cfd3d.render.volume import RendererConfig, VolumeRenderer
 
-    world = WorldConfig()
     renderer = VolumeRenderer(RendererConfig(n_samples=world.n_samples, shading=WORLD_SHADING))
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, list[torch.Tensor]] = {"front": [], "back": []}
     for color in colors:
-        for side, cameras in (("front", FRONT_CAMERAS), ("back", BACK_CAMERAS)):
-            camera = sample_cameras(cameras, views, gen)
+        for side in ("front", "back"):
+            camera = sample_cameras(sector_cameras(world, side), views, gen)
             for i in range(views):
                 albedo = float(torch.rand((), generator=gen)) < world.p_albedo
                 with torch.no_grad():
                     rgb = renderer(
-                        single(color, "head"),
+                        single(color, "head", world.face_rgb),
                         camera[i : i + 1],
                         world.image_size,
                         world.image_size,
@@ -379,20 +407,19 @@ def render_heads(colors: tuple[str, ...], views: int, seed: int) -> tuple[torch.
 
 
 def render_pairs(
-    specs: tuple[tuple[str, str, str, str, str], ...], views: int, seed: int
+    specs: tuple[tuple[str, str, str, str, str], ...], views: int, seed: int, world: WorldConfig
 ) -> torch.Tensor:
-    """``(len(specs) * views, 3, 32, 32)`` ground-truth renders in [0, 1] of each pair, from
-    training cameras (front-sector cameras for "next to"), lit like the toy world (a fifth
-    in flat albedo), grouped by spec."""
+    """``(len(specs) * views, 3, S, S)`` ground-truth renders in [0, 1] of each pair, from
+    ``world``'s cameras (its front-view ones where the prompt names the front view, see
+    :func:`names_front`), lit like its images (its share in flat albedo), grouped by spec."""
     from cfd3d.render.volume import RendererConfig, VolumeRenderer
 
-    world = WorldConfig()
     renderer = VolumeRenderer(RendererConfig(n_samples=world.n_samples, shading=WORLD_SHADING))
     gen = torch.Generator().manual_seed(seed)
     size = world.image_size
     out = []
     for spec in specs:
-        cameras = FRONT_CAMERAS if spec[2] == "next_to" else CameraSamplerConfig()
+        cameras = sector_cameras(world, "front") if names_front(spec, world) else world.cameras
         camera = sample_cameras(cameras, views, gen)
         for i in range(views):
             albedo = float(torch.rand((), generator=gen)) < world.p_albedo
@@ -414,7 +441,8 @@ def render_pairs(
 
 def prior_from_checkpoint(path: Path) -> tuple[EmbeddedPrior, int]:
     """The EMA model of a ``cfd3d train-prior`` checkpoint (for judging a run in progress),
-    and its step."""
+    with the world it is trained on (the first world for checkpoints that do not say), and
+    its step."""
     if not path.is_file():
         raise UserError(
             f"training checkpoint '{path}' not found; pass the --work folder's checkpoint.pt"
@@ -422,11 +450,15 @@ def prior_from_checkpoint(path: Path) -> tuple[EmbeddedPrior, int]:
     state = torch.load(path, map_location="cpu", weights_only=False)
     unet = dict(state["config"]["unet"])
     unet["channels"] = tuple(unet["channels"])
+    unet["attention_levels"] = tuple(unet.get("attention_levels", ()))
     config = UNetConfig(**unet)
     model = TinyUNet(config)
     model.load_state_dict(state["ema"])
     model.eval().requires_grad_(False)
-    return EmbeddedPrior(model, WordTokenizer(vocabulary(), config.max_tokens)), int(state["step"])
+    data = state.get("data") or {}
+    world = world_from_dict(data["world"]) if "world" in data else None
+    tokenizer = WordTokenizer(vocabulary(), config.max_tokens)
+    return EmbeddedPrior(model, tokenizer, world=world), int(state["step"])
 
 
 def quantise(images: torch.Tensor) -> torch.Tensor:
@@ -522,11 +554,13 @@ def run(args: argparse.Namespace) -> int:
         result["weights_mb"] = round(path.stat().st_size / 1e6, 2)
     if prior.input_shape != (3, 32, 32):
         raise UserError(f"the benchmark judges 32x32 priors; this one draws {prior.input_shape}")
+    world = prior.world
+    result["world"] = asdict(world)
 
     # 1. The probe, on ground truth only.
     print("training the probe on ground-truth renders", file=sys.stderr)
-    train_data = probe_data(n_probe_train, PROBE_SEED + 2 * args.seed)
-    test_data = probe_data(n_probe_test, PROBE_SEED + 2 * args.seed + 1)
+    train_data = probe_data(n_probe_train, PROBE_SEED + 2 * args.seed, world)
+    test_data = probe_data(n_probe_test, PROBE_SEED + 2 * args.seed + 1, world)
     probe = train_probe(train_data, epochs, args.seed)
     probe_color, probe_shape = probe_accuracy(probe, test_data)
     result.update(
@@ -566,7 +600,7 @@ def run(args: argparse.Namespace) -> int:
 
     # 3. Compositions, and the judge checked on ground truth.
     print("judging compositions", file=sys.stderr)
-    truth = render_pairs(specs, gt_views, PROBE_SEED + 2 * args.seed)
+    truth = render_pairs(specs, gt_views, PROBE_SEED + 2 * args.seed, world)
     right, swapped, hits, by_kind = [], [], [], {"on": [], "next_to": []}
     for index, spec in enumerate(specs):
         ca, _, relation, cb, _ = spec
@@ -575,7 +609,7 @@ def run(args: argparse.Namespace) -> int:
         swapped.append(judge_relation(views, cb, relation, ca))
         images = sample_images(
             prior,
-            relation_prompt(spec),
+            relation_prompt(spec, world),
             rel_samples,
             args.guidance,
             steps,
@@ -596,7 +630,7 @@ def run(args: argparse.Namespace) -> int:
     # 4. The head's face, front against back, and the judge checked on ground truth.
     print("judging the head's face", file=sys.stderr)
     face_colors = FACE_COLORS[:1] if quick else FACE_COLORS
-    front_gt, back_gt = render_heads(face_colors, gt_views, PROBE_SEED + 2 * args.seed)
+    front_gt, back_gt = render_heads(face_colors, gt_views, PROBE_SEED + 2 * args.seed, world)
     front_hits, back_hits = [], []
     for index, color in enumerate(face_colors):
         for side, hits in (("front", front_hits), ("back", back_hits)):
@@ -608,13 +642,13 @@ def run(args: argparse.Namespace) -> int:
                 steps,
                 args.seed * 1000 + 700 + 2 * index + (side == "back"),
             )
-            share = face_share(quantise(images), color)
+            share = face_share(quantise(images), color, world.face_rgb)
             hits.append(share >= FACE_SHARE if side == "front" else share < FACE_SHARE)
     judge_gt = []
     for index, color in enumerate(face_colors):
         part = slice(index * gt_views, (index + 1) * gt_views)
-        judge_gt.append(face_share(front_gt[part], color) >= FACE_SHARE)
-        judge_gt.append(face_share(back_gt[part], color) < FACE_SHARE)
+        judge_gt.append(face_share(front_gt[part], color, world.face_rgb) >= FACE_SHARE)
+        judge_gt.append(face_share(back_gt[part], color, world.face_rgb) < FACE_SHARE)
     front_rate = float(torch.cat(front_hits).float().mean())
     back_rate = float(torch.cat(back_hits).float().mean())
     result.update(

@@ -18,7 +18,7 @@ Each result is rendered from an evaluation orbit (:data:`ORBIT_VIEWS` views at e
 Single-object prompts ("a red cube", ``--prompts``), ``--seeds`` seeds each:
 
 * ``mask_iou``: IoU of opacity > 0.5 against the ground-truth scene's (the same renderer
-  renders :func:`cfd3d.scene.toy.get_scene`), pooled over the orbit's pixels; mean over
+  renders the true object, :func:`truth_scene`), pooled over the orbit's pixels; mean over
   prompts x seeds.
 * ``color_err``: mean absolute RGB error between the mean albedo over the result's own
   mask (un-premultiplied from the albedo renders) and the named colour's albedo; an empty
@@ -28,10 +28,35 @@ Single-object prompts ("a red cube", ``--prompts``), ``--seeds`` seeds each:
   seeds of one prompt, averaged over prompts (0 when ``--seeds`` is 1).
 
 Results and the prior's samples are judged on images made alike: each result is also
-rendered from :data:`WORLD_VIEWS` cameras drawn from the toy world's own camera
-distribution, with its random point light (flat albedo in the world's share of views), at
-its 32², quantised to 8 bits (:func:`world_views`) — single images like the ones the prior
-was trained on and samples, not the fixed orbit.
+rendered from :data:`WORLD_VIEWS` cameras drawn from the camera distribution of the
+prior's world (``EmbeddedPrior.world``, stored with its weights), with the toy world's
+random point light (flat albedo in the world's share of views), at 32², quantised to 8
+bits (:func:`world_views`) — single images like the ones the prior was trained on and
+samples, not the fixed orbit. The probe is trained on that world's images too, and the
+ground truth is that world's (a head wears its face colour).
+
+Compositions (``--compositions "a red cube on top of a blue sphere" ...``, default
+:data:`COMPOSITIONS`, ``--comp-seeds`` seeds each) are judged per object and relation
+(:func:`judge_composition`), on the orbit and on the distilled field itself:
+
+* ``present``: each named colour covers at least ``MIN_PIXELS`` pixels (the pixel
+  segmentation of ``benchmarks/toy_prior.py``) in at least half of the orbit's 32² views;
+* ``shape``: each object's shape, named by the probe on crops of the orbit renders
+  (:func:`object_crops`: the pixels that colour explains better than the other, re-centred
+  on white and magnified by ``1 / COMPOSITION_SCALE`` to a single object's size), is the
+  named one in most of the views where its colour is present;
+* ``relation``: from the 3D field (:func:`colour_centroids`): the centroids of the
+  field's surface cells (at the mesh export's automatic density level) whose albedo is
+  nearest each named colour; "on" is right when the first lies at least
+  :data:`MIN_SEPARATION` above the second along +z, "next to" when it lies that far to
+  the left seen from the front (-y).
+
+``comp_right``: all five parts right; per method ``comp_acc`` (share of results right) and
+``comp_present_acc`` / ``comp_shape_acc`` (per object), ``comp_relation_acc``.
+``comp_judge_gt``: the same judge on the ground truth (each true pair rendered and sampled
+as a field the same way): what the judge can see, and ``relation_swapped``, how often it
+accepts the swapped relation ("B on top of A") there. Compositions have no probe FID or
+CLIP (the probe names single objects) and stay out of the single-object means.
 
 Underspecified prompts ("a red object", "a torus", ``--underspecified``), ``--under-seeds``
 seeds each: a probe classifier trained only on ground-truth renders (the one of
@@ -74,7 +99,8 @@ from stage to stage as ``generate`` does) and scores every stage's result: rows
 own stage 1 on the same seeds; ``--steps`` then sets every stage's steps, and the docs go
 to ``toyworld-NAME.md`` / ``.png``. One run takes 1-2 minutes on one
 thread of the 2-core box, so the default benchmark (3 x 3 + 2 x 8 runs per method) is
-long; ``--quick`` is a smoke run of seconds (3 steps, one prompt and seed of each kind).
+long; ``--quick`` is a smoke run of seconds (3 steps, one prompt and seed of each kind,
+compositions included).
 Unless ``--quick``, ``docs/toyworld.md`` (tables) and ``docs/toyworld.png`` (rows: ground
 truth, then each method; columns: prompts x seeds; a front-right view) are written; ``--docs
 DIR`` writes them to ``DIR`` instead, also with ``--quick``. ``--cache DIR`` keeps each
@@ -86,6 +112,7 @@ Usage::
     python benchmarks/toyworld.py [--seed 100] [--seeds 3] [--under-seeds 8] [--steps 500]
         [--methods cfd sds fsd vsd ism sdi] [--ablation]
         [--prompts "a red cube" ...] [--underspecified "a red object" ...]
+        [--compositions "a red cube on top of a blue sphere" ...] [--comp-seeds 2]
         [--weights PATH] [--docs DIR] [--pipeline NAME] [--cache DIR] [--quick]
 
 The last line of stdout is one JSON object; progress goes to stderr. Bad prompts or counts
@@ -103,26 +130,28 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import shlex
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from cfd3d.cli import guarded
-from cfd3d.errors import UserError
+from cfd3d.errors import ConfigError, UserError
 from cfd3d.evaluation.probe import (
     frechet_distance,
     probe_clip,
     probe_features,
     probe_probabilities,
 )
-from cfd3d.export.mesh import occupancy_grid, volumetric_iou
+from cfd3d.export.mesh import auto_threshold, cell_centres, occupancy_grid, volumetric_iou
 from cfd3d.export.video import preview_grid, to_uint8
 from cfd3d.generate.command import load_prior_for
 from cfd3d.generate.config import GenerateConfig, preset_config, save_config
@@ -133,13 +162,14 @@ from cfd3d.io import atomic_write_bytes, atomic_write_text, sha256_hex
 from cfd3d.noise import NoiseConfig
 from cfd3d.priors.base import Prior
 from cfd3d.priors.embedded.commands import sample_images
+from cfd3d.priors.embedded.prior import EmbeddedPrior
 from cfd3d.priors.embedded.weights import sha256_of
 from cfd3d.priors.embedded.world import BASIC_SHAPES, WORLD_SHADING, WorldConfig
 from cfd3d.render import ShadingConfig, SolidBackground
 from cfd3d.scene.cameras import Cameras, orbit, spherical_cameras
 from cfd3d.scene.gaussians import GaussianField
-from cfd3d.scene.sampling import CameraSamplerConfig, sample_cameras
-from cfd3d.scene.toy import COLORS, get_scene
+from cfd3d.scene.sampling import sample_cameras
+from cfd3d.scene.toy import COLORS, COMPOSITION_SCALE, RELATIONS, ToyScene, pair, single
 
 METHODS: tuple[str, ...] = ("cfd", "sds", "fsd", "vsd", "ism", "sdi")
 ABLATIONS: dict[str, str] = {"cfd-fixed": "fixed", "cfd-fresh": "fresh"}
@@ -150,6 +180,21 @@ PROBE_TRAIN_SEED = 0
 """The probe's own seed (its training renders and weights), whatever the runs' seeds."""
 SINGLE_PROMPTS: tuple[str, ...] = ("a red cube", "a blue cone", "a yellow torus")
 UNDERSPECIFIED: tuple[str, ...] = ("a red object", "a torus")
+COMPOSITIONS: tuple[str, ...] = (
+    "a red cube on top of a blue sphere",
+    "a yellow sphere on top of a green cube",
+    "a blue cube next to a yellow cylinder",
+    "a green sphere next to a red cone",
+)
+"""Two of each relation, with colours that stay apart when shaded (as toy_prior's
+``RELATION_SPECS``), so that the pixel segmentation tells the objects apart."""
+MIN_SEPARATION = 0.05
+"""World units by which a composition's centroids must be ordered (the true pairs are
+0.14-0.6 apart; a smear of both colours is not a relation)."""
+MIN_CELLS = 8
+"""Surface cells a colour needs in the field for its centroid to count."""
+PROBE_SIZE = 32
+"""The probe's image size (the toy world's)."""
 PRESET = "cpu-demo"
 FIELD_PRESETS = {"voxel": PRESET, "gaussians": "toy-gaussians"}
 """The preset of each ``--field``."""
@@ -216,6 +261,62 @@ def parse_prompt(text: str) -> Prompt:
     raise UserError(
         f"cannot read the prompt {text!r}; use 'a COLOUR SHAPE', 'a COLOUR object' or "
         f"'a SHAPE' with colours {', '.join(COLORS)} and shapes {', '.join(BASIC_SHAPES)}"
+    )
+
+
+@dataclass(frozen=True)
+class Composition:
+    """A two-object prompt, "a red cube on top of a blue sphere".
+
+    Attributes:
+        text: the prompt.
+        colors: the first and the second object's colour.
+        shapes: their shapes.
+        relation: ``"on"`` (the first on top of the second) or ``"next_to"`` (the first on
+            the left, seen from the front).
+    """
+
+    text: str
+    colors: tuple[str, str]
+    shapes: tuple[str, str]
+    relation: str
+
+    @property
+    def missing(self) -> None:
+        """Nothing: a composition names everything."""
+        return None
+
+    def scene(self) -> ToyScene:
+        """The true pair."""
+        return pair(self.colors[0], self.shapes[0], self.relation, self.colors[1], self.shapes[1])
+
+
+def parse_composition(text: str) -> Composition:
+    """Read "a {colour} {shape} on top of / next to a {colour} {shape}".
+
+    Raises:
+        UserError: for any other prompt, or two objects of one colour (the judge tells
+            the objects apart by their colours).
+    """
+    phrases = "|".join(RELATIONS.values())
+    match = re.fullmatch(
+        rf"a (\w+) (\w+) ({phrases}) a (\w+) (\w+)", " ".join(text.lower().split())
+    )
+    if match is not None:
+        ca, sa, phrase, cb, sb = match.groups()
+        known = {ca, cb} <= COLORS.keys() and {sa, sb} <= set(BASIC_SHAPES)
+        if known and ca == cb:
+            raise UserError(
+                f"the two objects of {text!r} have one colour; the judge tells them apart by "
+                "colour, so name two different colours"
+            )
+        if known:
+            relation = next(k for k, v in RELATIONS.items() if v == phrase)
+            return Composition(text, (ca, cb), (sa, sb), relation)
+    raise UserError(
+        f"cannot read the composition {text!r}; use 'a COLOUR SHAPE on top of a COLOUR SHAPE' "
+        f"or '... next to ...' with colours {', '.join(COLORS)} and shapes "
+        f"{', '.join(BASIC_SHAPES)}"
     )
 
 
@@ -286,6 +387,7 @@ class Views:
             cameras, lighting and share of flat albedo; :func:`world_views`), 8-bit
             quantised: what the probe metrics compare with the prior's own samples.
         figure: ``(F, F, 3)`` uint8 headlit front-right view.
+        composed: what the composition judge reads (compositions only).
     """
 
     albedo: torch.Tensor
@@ -293,6 +395,24 @@ class Views:
     probe: torch.Tensor
     world: torch.Tensor
     figure: np.ndarray
+    composed: Composed | None = None
+
+
+@dataclass(frozen=True)
+class Composed:
+    """What :func:`judge_composition` reads from one object (a result or the truth).
+
+    Attributes:
+        pixels: ``(2, V)`` pixels of each named colour in each orbit view (32² headlit,
+            :func:`segment` of ``benchmarks/toy_prior.py``).
+        crops: ``(2, V, 3, 32, 32)`` each object's crop per view (:func:`object_crops`).
+        centroids: ``(2, 3)`` centroid of each colour's surface cells in the field
+            (:func:`colour_centroids`), NaN where it has fewer than :data:`MIN_CELLS`.
+    """
+
+    pixels: torch.Tensor
+    crops: torch.Tensor
+    centroids: torch.Tensor
 
 
 def evaluation_cameras() -> tuple[Cameras, Cameras]:
@@ -310,19 +430,30 @@ def renderer_for(run: Run, field: object):
     return run.renderer
 
 
+def world_of(prior: Prior) -> WorldConfig:
+    """The toy world ``prior`` was trained on.
+
+    Raises:
+        UserError: ``prior`` is not the embedded prior (the only one with a toy world).
+    """
+    if not isinstance(prior, EmbeddedPrior):
+        raise UserError("toyworld.py distils the embedded prior; pass its --weights")
+    return prior.world
+
+
 @torch.no_grad()
-def world_views(run: Run, field: torch.nn.Module, seed: int) -> torch.Tensor:
-    """``(WORLD_VIEWS, 3, 32, 32)`` renders of ``field`` made the way the toy world makes the
+def world_views(run: Run, field: torch.nn.Module, seed: int, world: WorldConfig) -> torch.Tensor:
+    """``(WORLD_VIEWS, 3, 32, 32)`` renders of ``field`` made the way ``world`` makes the
     prior's training images (:func:`cfd3d.priors.embedded.world.render_world`): cameras
-    from the world's camera distribution, its random point light, flat albedo in the
-    world's share of images, on white; quantised to 8 bits as the prior's samples are.
+    from its camera distribution, the toy world's random point light, flat albedo in its
+    share of images, on white; quantised to 8 bits as the prior's samples are.
 
     The probe metrics compare these with the prior's samples, so both sides are single
     images drawn alike; deterministic for a ``seed``.
     """
     gen = torch.Generator().manual_seed(WORLD_VIEW_SEED + seed)
-    cameras = sample_cameras(CameraSamplerConfig(), WORLD_VIEWS, gen)
-    albedo = torch.rand(WORLD_VIEWS, generator=gen) < WorldConfig().p_albedo
+    cameras = sample_cameras(world.cameras, WORLD_VIEWS, gen)
+    albedo = torch.rand(WORLD_VIEWS, generator=gen) < world.p_albedo
     out = torch.empty((WORLD_VIEWS, 3, 32, 32))
     for flat, shading in ((False, WORLD_SHADING), (True, ALBEDO)):
         index = (albedo == flat).nonzero()[:, 0]
@@ -342,9 +473,17 @@ def world_views(run: Run, field: torch.nn.Module, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def look(run: Run, field: torch.nn.Module, size: int, seed: int) -> Views:
+def look(
+    run: Run,
+    field: torch.nn.Module,
+    size: int,
+    seed: int,
+    world: WorldConfig,
+    composition: Composition | None = None,
+) -> Views:
     """Render ``field`` (the run's, or a ground-truth scene) with the run's renderer;
-    ``seed`` chooses the world views' cameras (:func:`world_views`)."""
+    ``seed`` chooses the world views' cameras (:func:`world_views`); for a ``composition``
+    also what its judge reads (:class:`Composed`)."""
     cameras, figure_camera = evaluation_cameras()
     device = run.device
     white = SolidBackground()
@@ -355,14 +494,162 @@ def look(run: Run, field: torch.nn.Module, size: int, seed: int) -> Views:
 
     albedo = render(cameras, size, ALBEDO)
     probe = render(cameras, 32, HEADLIGHT).rgb.clamp(0, 1).permute(0, 3, 1, 2)
+    probe = ((probe * 255).round() / 255.0).cpu()
     figure = render(figure_camera, size, HEADLIGHT).rgb
+    composed = None
+    if composition is not None:
+        shaded = render(cameras, size, HEADLIGHT).rgb.clamp(0, 1).permute(0, 3, 1, 2).cpu()
+        composed = Composed(
+            pixels=colour_pixels(probe, composition.colors),
+            crops=object_crops((shaded * 255).round() / 255.0, composition.colors),
+            centroids=colour_centroids(
+                field, composition.colors, run.config.field_bound, run.device
+            ),
+        )
     return Views(
         albedo=albedo.rgb.clamp(0, 1).cpu(),
         opacity=albedo.opacity[..., 0].cpu(),
-        probe=((probe * 255).round() / 255.0).cpu(),
-        world=world_views(run, field, seed),
+        probe=probe,
+        world=world_views(run, field, seed, world),
         figure=to_uint8(figure.cpu())[0],
+        composed=composed,
     )
+
+
+# ------------------------------------------------------------------- compositions
+
+
+def colour_pixels(images: torch.Tensor, colors: tuple[str, str]) -> torch.Tensor:
+    """``(2, V)`` pixels that each of ``colors`` explains best (among all named colours) in
+    each of ``(V, 3, H, W)`` images."""
+    tp = probe_module()
+    labels = tp.segment(images)
+    return torch.stack([(labels == tp.COLOR_NAMES.index(c)).sum(dim=(1, 2)) for c in colors])
+
+
+def object_crops(images: torch.Tensor, colors: tuple[str, str]) -> torch.Tensor:
+    """Each object of a composition cut out of its renders and shown as the probe sees a
+    single object.
+
+    Every foreground pixel goes to the one of the two ``colors`` that explains it better
+    as a shaded albedo. An object's core is its pixels that its colour explains within
+    ``MAX_RESIDUAL``; its crop keeps the core and the pixels next to it (the blended rim),
+    on white, centred on the core's bounding box (stray edge pixels of the other object
+    neither count nor show), in a window of ``COMPOSITION_SCALE`` times the image (a
+    pair's primitives are that much smaller than a single one), resized to the probe's 32².
+
+    Args:
+        images: ``(V, 3, S, S)`` renders in [0, 1] on white.
+        colors: the first and the second object's colour.
+
+    Returns:
+        ``(2, V, 3, 32, 32)`` crops, 8-bit quantised; all white where an object has no pixel.
+    """
+    tp = probe_module()
+    palette = torch.tensor([COLORS[c] for c in colors], dtype=images.dtype)
+    residual, nearer = tp.shade_residual(images, palette).min(dim=-1)  # (V, S, S)
+    foreground = (1.0 - images).amax(dim=1) > tp.FOREGROUND
+    size = images.shape[-1]
+    window = max(1, round(size * COMPOSITION_SCALE))
+    out = torch.ones(2, images.shape[0], 3, PROBE_SIZE, PROBE_SIZE, dtype=images.dtype)
+    for k in range(2):
+        mine = foreground & (nearer == k)
+        core = mine & (residual < tp.MAX_RESIDUAL)
+        near_core = F.max_pool2d(core[:, None].float(), 3, stride=1, padding=1)[:, 0] > 0
+        for v in range(images.shape[0]):
+            if not bool(core[v].any()):
+                continue
+            mask = mine[v] & near_core[v]
+            rows = core[v].any(dim=1).nonzero()[:, 0]
+            cols = core[v].any(dim=0).nonzero()[:, 0]
+            top = round((int(rows[0]) + int(rows[-1]) + 1 - window) / 2)
+            left = round((int(cols[0]) + int(cols[-1]) + 1 - window) / 2)
+            padded = F.pad(torch.where(mask, images[v], 1.0), (window,) * 4, value=1.0)
+            crop = padded[:, top + window : top + 2 * window, left + window : left + 2 * window]
+            if window != PROBE_SIZE:
+                crop = F.interpolate(
+                    crop[None], size=(PROBE_SIZE, PROBE_SIZE), mode="bilinear", antialias=True
+                )[0]
+            out[k, v] = (crop.clamp(0, 1) * 255).round() / 255.0
+    return out
+
+
+@torch.no_grad()
+def colour_centroids(
+    field: torch.nn.Module,
+    colors: tuple[str, str],
+    bound: float,
+    device: torch.device,
+    resolution: int = MESH_IOU_RESOLUTION,
+) -> torch.Tensor:
+    """``(2, 3)`` centroids of the surface cells of ``field`` whose albedo is nearest each
+    of ``colors`` among the named colours.
+
+    The field is sampled at the cell centres of a ``resolution``³ grid over
+    ``[-bound, bound]³``; a cell is occupied above the mesh export's automatic density
+    level (:func:`cfd3d.export.mesh.auto_threshold`) and on the surface when one of its 26
+    neighbours is not (cells outside the grid are empty). A colour with fewer than
+    :data:`MIN_CELLS` cells gets NaN. ``field`` is evaluated on ``device``.
+    """
+    axis = torch.as_tensor(cell_centres(resolution, bound), dtype=torch.float32)
+    points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+    density, albedo = [], []
+    for chunk in points.split(65536):
+        out = field(chunk.to(device))
+        density.append(out.density.reshape(-1).float().cpu())
+        albedo.append(out.albedo.float().cpu())
+    grid = torch.cat(density).reshape((resolution,) * 3)
+    centroids = torch.full((2, 3), float("nan"))
+    try:
+        level = auto_threshold(grid.double().numpy())
+    except ConfigError:  # an empty field: no surface, no centroid
+        return centroids
+    empty = F.pad((grid <= level).float()[None, None], (1,) * 6, value=1.0)
+    surface = (grid > level) & (F.max_pool3d(empty, 3, stride=1)[0, 0] > 0)
+    palette = torch.tensor(list(COLORS.values()))
+    nearest = torch.cdist(torch.cat(albedo), palette).argmin(dim=-1).reshape(grid.shape)
+    for k, color in enumerate(colors):
+        cells = surface & (nearest == list(COLORS).index(color))
+        if int(cells.sum()) >= MIN_CELLS:
+            centroids[k] = points[cells.reshape(-1)].mean(dim=0)
+    return centroids
+
+
+def relation_holds(centroids: torch.Tensor, relation: str) -> bool:
+    """Is the first centroid ``relation`` the second: at least :data:`MIN_SEPARATION`
+    higher (+z) for ``"on"``, that far to the left seen from the front (-y) for
+    ``"next_to"``? False where either is NaN."""
+    first, second = centroids
+    gap = first[2] - second[2] if relation == "on" else second[1] - first[1]
+    return bool(gap >= MIN_SEPARATION)
+
+
+def judge_composition(composed: Composed, composition: Composition, probe: torch.nn.Module) -> dict:
+    """The verdict on one composition result (or its truth): ``present`` and ``shape``
+    per object, ``relation``, ``relation_swapped`` (would the swapped relation hold?),
+    ``comp_right`` (everything right) and ``shapes_seen`` (the probe's majority per object)."""
+    tp = probe_module()
+    visible = composed.pixels >= tp.MIN_PIXELS  # (2, V)
+    present = [bool(v.sum() * 2 >= v.numel()) for v in visible]
+    shape, seen = [], []
+    for k in range(2):
+        if not bool(visible[k].any()):
+            shape.append(False)
+            seen.append(None)
+            continue
+        _, labels = tp.classify(probe, composed.crops[k][visible[k]])
+        name = tp.PROBE_SHAPES[majority(labels, len(tp.PROBE_SHAPES))]
+        seen.append(name)
+        shape.append(present[k] and name == composition.shapes[k])
+    relation = relation_holds(composed.centroids, composition.relation)
+    return {
+        "present": present,
+        "shape": shape,
+        "relation": relation,
+        "relation_swapped": relation_holds(composed.centroids.flip(0), composition.relation),
+        "comp_right": all(present) and all(shape) and relation,
+        "shapes_seen": seen,
+    }
 
 
 def mask_iou(views: Views, truth: Views) -> float:
@@ -416,7 +703,7 @@ class Result:
     """
 
     method: str
-    prompt: Prompt
+    prompt: Prompt | Composition
     seed: int
     views: Views
     mesh_iou: float | None
@@ -438,11 +725,15 @@ def method_config(base: GenerateConfig, method: str, seed: int, steps: int) -> G
 
 
 def distil(
-    config: GenerateConfig, prior: Prior, size: int, init: dict | None = None
+    config: GenerateConfig,
+    prior: Prior,
+    size: int,
+    init: dict | None = None,
+    composition: Composition | None = None,
 ) -> tuple[Run, Views, dict[str, float]]:
     """Run ``config`` to its last step, its field started from the checkpoint state
-    ``init`` if given (a pipeline's later stage), then render the result (timings in the
-    dict)."""
+    ``init`` if given (a pipeline's later stage), then render the result (:func:`look`, in
+    the prior's world; timings in the dict)."""
     tic = time.perf_counter()
     run = Run(config, prior)
     if init is not None:
@@ -454,7 +745,7 @@ def distil(
         step_ms += step.step_ms
     distill_s = time.perf_counter() - tic
     run.field.eval()
-    views = look(run, run.field, size, config.seed)
+    views = look(run, run.field, size, config.seed, world_of(prior), composition)
     timing = {
         "noise_ms": noise_ms,
         "step_ms": step_ms,
@@ -464,14 +755,21 @@ def distil(
     return run, views, timing
 
 
-def mesh_iou(run: Run, prompt: Prompt) -> float:
+def truth_scene(prompt: Prompt | Composition, world: WorldConfig) -> ToyScene:
+    """The ground truth of a fully named prompt in ``world`` (a head wears its face)."""
+    if isinstance(prompt, Composition):
+        return prompt.scene()
+    return single(str(prompt.color), str(prompt.shape), world.face_rgb)
+
+
+def mesh_iou(run: Run, truth: ToyScene) -> float:
     """Volumetric IoU at :data:`MESH_IOU_RESOLUTION`³ between the mesh that ``cfd3d
     generate`` would export for ``run`` and the ground-truth solid (0 without a mesh)."""
     mesh, _ = run_mesh(run)
     if mesh is None:
         return 0.0
     bound = run.config.field_bound
-    truth = get_scene(f"{prompt.color}_{prompt.shape}").occupancy(MESH_IOU_RESOLUTION, bound)
+    truth = truth.occupancy(MESH_IOU_RESOLUTION, bound)
     return volumetric_iou(occupancy_grid(mesh, MESH_IOU_RESOLUTION, bound), truth)
 
 
@@ -482,7 +780,7 @@ class Job:
 
     base: GenerateConfig
     method: str
-    prompt: Prompt
+    prompt: Prompt | Composition
     seed: int
     steps: int | None
     size: int
@@ -500,8 +798,6 @@ def start_worker(weights: Path | None, base: GenerateConfig, threads: int) -> No
 
 def load_prior(weights: Path | None, base: GenerateConfig) -> Prior:
     if weights is not None:
-        from cfd3d.priors.embedded.prior import EmbeddedPrior
-
         return EmbeddedPrior.load(weights)
     return load_prior_for(base)
 
@@ -579,19 +875,22 @@ def write_cached(path: Path, runs: list[tuple[Result, Views | None]]) -> None:
 
 def run_job(job: Job, prior: Prior | None = None) -> list[tuple[Result, Views | None]]:
     """Distil ``job`` (each stage from the previous stage's final state), one result per
-    run; also render the ground truth of a fully named prompt."""
+    run; also render the ground truth of a fully named prompt or a composition."""
     prior = prior if prior is not None else _WORKER_PRIOR[0]
+    world = world_of(prior)
+    composition = job.prompt if isinstance(job.prompt, Composition) else None
     results: list[tuple[Result, Views | None]] = []
     state = None
     for label, config in job_configs(job):
-        run_, views, timing = distil(config, prior, job.size, state)
+        run_, views, timing = distil(config, prior, job.size, state, composition)
         state = run_.state_dict()
         truth = None
         iou = None
         if job.prompt.missing is None:
-            scene = get_scene(f"{job.prompt.color}_{job.prompt.shape}")
-            truth = look(run_, scene, job.size, job.seed)
-            iou = round(mesh_iou(run_, job.prompt), 4)
+            scene = truth_scene(job.prompt, world)
+            truth = look(run_, scene, job.size, job.seed, world, composition)
+            if composition is None:
+                iou = round(mesh_iou(run_, scene), 4)
         results.append((Result(label, job.prompt, job.seed, views, iou, **timing), truth))
     return results
 
@@ -690,6 +989,56 @@ def underspecified_detail(
     }
 
 
+def verdict_text(verdict: dict) -> str:
+    """One line of a composition's verdict, e.g. "colours yes/yes, shapes cube/cone, on no"."""
+    yes = ["yes" if v else "no" for v in verdict["present"]]
+    seen = [name or "-" for name in verdict["shapes_seen"]]
+    relation = "yes" if verdict["relation"] else "no"
+    right = "right" if verdict["comp_right"] else "wrong"
+    return f"{right}: colours {'/'.join(yes)}, shapes {'/'.join(seen)}, relation {relation}"
+
+
+def composition_detail(runs: list[Result], probe: torch.nn.Module) -> dict:
+    """Per-seed verdicts (:func:`judge_composition`) of one composition's results and the
+    shares right: all parts (``comp_acc``), each object's colour and shape, the relation."""
+    prompt = runs[0].prompt
+    assert isinstance(prompt, Composition)
+    seeds = []
+    for r in runs:
+        assert r.views.composed is not None
+        verdict = judge_composition(r.views.composed, prompt, probe)
+        seeds.append({"seed": r.seed, **verdict})
+    return {
+        "comp_acc": mean_or_none([float(s["comp_right"]) for s in seeds]),
+        "comp_present_acc": mean_or_none([float(v) for s in seeds for v in s["present"]]),
+        "comp_shape_acc": mean_or_none([float(v) for s in seeds for v in s["shape"]]),
+        "comp_relation_acc": mean_or_none([float(s["relation"]) for s in seeds]),
+        "diversity": round(diversity([r.views for r in runs]), 4),
+        "seeds": seeds,
+    }
+
+
+def composition_truth(
+    truths: dict[str, Views], compositions: list[Composition], probe: torch.nn.Module
+) -> dict:
+    """The composition judge on the ground truth: per composition its verdict, and the
+    shares right over them (what ``comp_acc`` of a perfect result would be)."""
+    verdicts = {}
+    for c in compositions:
+        composed = truths[c.text].composed
+        assert composed is not None
+        verdicts[c.text] = judge_composition(composed, c, probe)
+    values = list(verdicts.values())
+    return {
+        "comp_right": mean_or_none([float(v["comp_right"]) for v in values]),
+        "present": mean_or_none([float(p) for v in values for p in v["present"]]),
+        "shape": mean_or_none([float(p) for v in values for p in v["shape"]]),
+        "relation": mean_or_none([float(v["relation"]) for v in values]),
+        "relation_swapped": mean_or_none([float(v["relation_swapped"]) for v in values]),
+        "per_prompt": verdicts,
+    }
+
+
 def summarise(
     results: list[Result],
     truths: dict[str, Views],
@@ -701,20 +1050,24 @@ def summarise(
     by_prompt: dict[str, list[Result]] = {}
     for r in results:
         by_prompt.setdefault(r.prompt.text, []).append(r)
-    per_prompt = {
-        text: single_detail(runs, truths[text])
-        if runs[0].prompt.missing is None
-        else underspecified_detail(runs, probe, prior_freq[text])
-        for text, runs in by_prompt.items()
-    }
+    per_prompt = {}
     for text, runs in by_prompt.items():
+        if isinstance(runs[0].prompt, Composition):
+            per_prompt[text] = composition_detail(runs, probe)
+            continue
+        if runs[0].prompt.missing is None:
+            per_prompt[text] = single_detail(runs, truths[text])
+        else:
+            per_prompt[text] = underspecified_detail(runs, probe, prior_freq[text])
         per_prompt[text].update(probe_detail(runs, probe, prior_features[text]))
     singles = [d for d in per_prompt.values() if "mask_iou" in d]
     unders = {t: d for t, d in per_prompt.items() if "mode_tv" in d}
+    comps = [d for d in per_prompt.values() if "comp_acc" in d]
     seeds = [s for d in singles for s in d["seeds"]]
+    comp_seeds = [s for d in comps for s in d["seeds"]]
     noise = sum(r.noise_ms for r in results)
     step = sum(r.step_ms for r in results)
-    details = list(per_prompt.values())
+    details = [d for d in per_prompt.values() if "probe_fid" in d]
     return {
         "probe_fid": mean_or_none([d["probe_fid"] for d in details]),
         "probe_fid_seed_std": mean_or_none([d["probe_fid_seed_std"] for d in details]),
@@ -726,6 +1079,10 @@ def summarise(
         "diversity": mean_or_none([d["diversity"] for d in singles]),
         "diversity_underspecified": mean_or_none([d["diversity"] for d in unders.values()]),
         "mode_tv": {t: d["mode_tv"] for t, d in unders.items()},
+        "comp_acc": mean_or_none([float(s["comp_right"]) for s in comp_seeds]),
+        "comp_present_acc": mean_or_none([float(v) for s in comp_seeds for v in s["present"]]),
+        "comp_shape_acc": mean_or_none([float(v) for s in comp_seeds for v in s["shape"]]),
+        "comp_relation_acc": mean_or_none([float(s["relation"]) for s in comp_seeds]),
         "noise_share": round(noise / step, 4) if step > 0 else 0.0,
         "wall_s": round(sum(r.distill_s + r.eval_s for r in results), 1),
         "distill_s_per_run": round(float(np.mean([r.distill_s for r in results])), 2),
@@ -764,6 +1121,42 @@ def figure_png(results: list[Result], truths: dict[str, Views], methods: list[st
 
 def fmt(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
+
+
+def composition_lines(result: dict, methods: list[str]) -> list[str]:
+    """The markdown section on compositions (none without them)."""
+    truth = result.get("comp_judge_gt")
+    if truth is None:
+        return []
+    lines = [
+        "",
+        "## Compositions",
+        "",
+        f"{len(result['config']['compositions'])} two-object prompts × "
+        f"{result['config']['comp_seeds']} seeds. Right: both named colours present (≥ "
+        f"{probe_module().MIN_PIXELS} pixels in at least half of the orbit's 32² views), both "
+        "shapes named by the probe on each object's crop (its colour's pixels, re-centred on "
+        "white at a single object's scale; majority over the views), and the relation "
+        "from the distilled field's 3D geometry (centroids of the surface cells nearest "
+        f"each colour, ordered by at least {MIN_SEPARATION:g} along +z for “on top of”, "
+        "along −y, the left seen from the front, for “next to”). The judge on the ground "
+        f"truth: right {fmt(truth['comp_right'])}, colours {fmt(truth['present'])}, shapes "
+        f"{fmt(truth['shape'])}, relation {fmt(truth['relation'])}, swapped relation "
+        f"accepted {fmt(truth['relation_swapped'])}.",
+        "",
+        "| method | comp acc | colours present | shapes | relation | per prompt (right) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in methods:
+        r = result[m]
+        shown = "; ".join(
+            f"{text}: {d['comp_acc']:.2f}" for text, d in r["per_prompt"].items() if "comp_acc" in d
+        )
+        lines.append(
+            f"| {m} | {fmt(r['comp_acc'])} | {fmt(r['comp_present_acc'])} | "
+            f"{fmt(r['comp_shape_acc'])} | {fmt(r['comp_relation_acc'])} | {shown} |"
+        )
+    return lines
 
 
 def markdown(
@@ -843,6 +1236,8 @@ def markdown(
     ]
     for m in methods:
         for text, d in result[m]["per_prompt"].items():
+            if "comp_acc" in d:
+                continue
             if "classes" in d:
                 shown = ", ".join(f"{k} {v:.2f}" for k, v in d["class_shares"].items())
                 shown += f" (TV {d['mode_tv']:.3f}, named attribute right {d['known_acc']:.2f})"
@@ -854,6 +1249,7 @@ def markdown(
                 f"{fmt(d.get('color_err'))} | "
                 f"{fmt(d['diversity'])} | {shown} |"
             )
+    lines += composition_lines(result, methods)
     lines += [
         "",
         "The prior's own samples against themselves (the reference of probe FID and CLIP):",
@@ -901,6 +1297,7 @@ def check_counts(args: argparse.Namespace) -> None:
     counts = {
         "--seeds": args.seeds,
         "--under-seeds": args.under_seeds,
+        "--comp-seeds": args.comp_seeds,
         "--prior-samples": args.prior_samples,
         "--threads": args.threads,
         "--jobs": args.jobs,
@@ -931,12 +1328,16 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(
                 f"--underspecified takes prompts without a colour or a shape, got {p.text!r}"
             )
+    comps = [parse_composition(text) for text in args.compositions]
+    if not (singles or unders or comps):
+        raise UserError("nothing to run: give --prompts, --underspecified or --compositions")
     torch.set_num_threads(args.threads)
     quick = args.quick
     if quick:
-        singles = singles[:1]
+        singles, comps = singles[:1], comps[:1]
     seeds = [args.seed + i for i in range(1 if quick else args.seeds)]
     under_seeds = [args.seed + i for i in range(1 if quick else args.under_seeds)]
+    comp_seeds = [args.seed + i for i in range(1 if quick else args.comp_seeds)]
     prior_samples = 4 if quick else args.prior_samples
     ddim_steps = 2 if quick else PRIOR_DDIM_STEPS
     size = 32 if quick else EVAL_SIZE
@@ -946,7 +1347,7 @@ def run(args: argparse.Namespace) -> int:
         methods += [a for a in ABLATIONS if a not in methods]
 
     start = time.perf_counter()
-    first = (singles or unders)[0].text
+    first = (singles or unders or comps)[0].text
     if args.pipeline is None:
         base = preset_config(PRESET, first)
         steps: int | None = args.steps or (3 if quick else base.steps)
@@ -961,6 +1362,7 @@ def run(args: argparse.Namespace) -> int:
         for r in stage_labels(methods, args.pipeline)
     ]
     prior = load_prior(args.weights, base)
+    world = world_of(prior)
     if args.weights is not None:
         weights = str(args.weights)
     else:
@@ -971,8 +1373,10 @@ def run(args: argparse.Namespace) -> int:
     tp = probe_module()
     print("training the probe on ground-truth renders", file=sys.stderr)
     probe_seed = tp.PROBE_SEED + 2 * PROBE_TRAIN_SEED
-    probe = tp.train_probe(tp.probe_data(n_train, probe_seed), epochs, PROBE_TRAIN_SEED)
-    probe_color, probe_shape = tp.probe_accuracy(probe, tp.probe_data(n_test, probe_seed + 1))
+    probe_data = tp.probe_data(n_train, probe_seed, world)
+    probe = tp.train_probe(probe_data, epochs, PROBE_TRAIN_SEED)
+    test_data = tp.probe_data(n_test, probe_seed + 1, world)
+    probe_color, probe_shape = tp.probe_accuracy(probe, test_data)
 
     prior_freq: dict[str, torch.Tensor] = {}
     prior_classes: dict[str, dict[str, float]] = {}
@@ -1014,7 +1418,9 @@ def run(args: argparse.Namespace) -> int:
             prior_freq[p.text], len(under_seeds)
         )
 
-    plan = [(p, s) for p in singles for s in seeds] + [(p, s) for p in unders for s in under_seeds]
+    plan: list[tuple[Prompt | Composition, int]] = [(p, s) for p in singles for s in seeds]
+    plan += [(p, s) for p in unders for s in under_seeds]
+    plan += [(c, s) for c in comps for s in comp_seeds]
     jobs = [
         Job(bases[f], m, p, s, steps, size, args.pipeline)
         for f in fields
@@ -1032,7 +1438,13 @@ def run(args: argparse.Namespace) -> int:
     def report_one(done: int, result: Result, truth: Views | None) -> None:
         results.append(result)
         prompt = result.prompt
-        if truth is not None:
+        if isinstance(prompt, Composition):
+            if truth is not None:
+                truths.setdefault(prompt.text, truth)
+            verdict = "composition " + verdict_text(
+                judge_composition(result.views.composed, prompt, probe)
+            )
+        elif truth is not None:
             truths.setdefault(prompt.text, truth)
             truth_world[(prompt.text, result.seed)] = truth.world
             verdict = f"mask IoU {mask_iou(result.views, truths[prompt.text]):.3f}"
@@ -1117,6 +1529,8 @@ def run(args: argparse.Namespace) -> int:
         prior_reference[p.text]["probe_fid_truth"] = round(truth_fid[-1], 4)
         prior_reference[p.text]["probe_clip_truth"] = round(truth_clip[-1], 4)
     result["truth"] = {"probe_fid": mean_or_none(truth_fid), "probe_clip": mean_or_none(truth_clip)}
+    if comps:
+        result["comp_judge_gt"] = composition_truth(truths, comps, probe)
     result["prior_reference"] = prior_reference
     result["probe"] = {
         "color_acc": round(probe_color, 4),
@@ -1138,8 +1552,10 @@ def run(args: argparse.Namespace) -> int:
         "guidance_scale": base.guidance_scale,
         "prompts": [p.text for p in singles],
         "underspecified": [p.text for p in unders],
+        "compositions": [c.text for c in comps],
         "seeds": len(seeds),
         "under_seeds": len(under_seeds),
+        "comp_seeds": len(comp_seeds),
         "prior_samples": prior_samples,
         "prior_ddim_steps": ddim_steps,
         "orbit": {
@@ -1150,11 +1566,13 @@ def run(args: argparse.Namespace) -> int:
             "size": size,
         },
         "weights": weights,
+        "world": asdict(world),
         "threads": args.threads,
         "jobs": args.jobs,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "columns": [[p.text, len(seeds)] for p in singles]
-        + [[p.text, len(under_seeds)] for p in unders],
+        + [[p.text, len(under_seeds)] for p in unders]
+        + [[c.text, len(comp_seeds)] for c in comps],
     }
     result["load_average"] = [round(v, 2) for v in os.getloadavg()]
     result["wall_s"] = round(time.perf_counter() - start, 1)
@@ -1181,7 +1599,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"the first seed of every prompt (default {HELD_OUT_SEED}: seed 0 tuned the preset)",
     )
     parser.add_argument(
-        "--prompts", nargs="+", default=list(SINGLE_PROMPTS), help="single-object prompts"
+        "--prompts", nargs="*", default=list(SINGLE_PROMPTS), help="single-object prompts"
     )
     parser.add_argument(
         "--underspecified",
@@ -1189,10 +1607,18 @@ def main(argv: list[str] | None = None) -> int:
         default=list(UNDERSPECIFIED),
         help="prompts without a colour or a shape ('a red object', 'a torus')",
     )
+    parser.add_argument(
+        "--compositions",
+        nargs="*",
+        default=list(COMPOSITIONS),
+        help="two-object prompts ('a red cube on top of a blue sphere', '... next to ...'); "
+        "none to leave them out",
+    )
     parser.add_argument("--seeds", type=int, default=3, help="seeds per single-object prompt")
     parser.add_argument(
         "--under-seeds", type=int, default=8, help="seeds per underspecified prompt"
     )
+    parser.add_argument("--comp-seeds", type=int, default=2, help="seeds per composition")
     parser.add_argument(
         "--steps", type=int, default=None, help="steps per run (default: the preset's, 500)"
     )

@@ -3,10 +3,16 @@
 import importlib.util
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
+
+from cfd3d.priors.embedded.unet import TinyUNet, UNetConfig
+from cfd3d.priors.embedded.weights import write_weights
+from cfd3d.priors.embedded.world import WorldConfig, vocabulary
+from cfd3d.scene.toy import FACE_RGB
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "janus.py"
 _spec = importlib.util.spec_from_file_location("janus_benchmark", SCRIPT)
@@ -16,14 +22,15 @@ _spec.loader.exec_module(bench)
 
 
 def test_face_share_counts_face_coloured_object_pixels_only():
-    face, red = torch.tensor(bench.FACE_RGB), torch.tensor(bench.COLORS["red"])
+    face, red = torch.tensor(FACE_RGB), torch.tensor(bench.COLORS["red"])
     albedo = torch.ones(2, 4, 4, 3)  # white background
     opacity = torch.zeros(2, 4, 4)
     opacity[:, :2] = 1.0  # 8 object pixels per view
     albedo[0, :2] = red
     albedo[0, 0, :2] = face  # view 0: 2 of its 8 object pixels show the face
     albedo[1, :2] = red  # view 1: no face
-    assert bench.face_by_view(albedo, opacity, "red") == pytest.approx([0.25, 0.0])
+    assert bench.face_by_view(albedo, opacity, "red", FACE_RGB) == pytest.approx([0.25, 0.0])
+    assert bench.face_by_view(albedo, opacity, "red", (0.06, 0.06, 0.08)) == [0.0, 0.0]
 
 
 def test_quick_run_reports_each_configuration_against_the_truth(capsys):
@@ -36,6 +43,24 @@ def test_quick_run_reports_each_configuration_against_the_truth(capsys):
         r = result[label]
         assert 0.0 <= r["face_rate"] <= 1.0 and 0.0 <= r["janus_rate"] <= 1.0
         assert len(r["face_by_azimuth"]) == 8 and r["runs"] == 1
+    assert result["config"]["face_rgb"] == list(FACE_RGB)
+
+
+def test_a_prior_of_another_world_is_judged_against_its_own_face(tmp_path, capsys):
+    dark = (0.06, 0.06, 0.08)
+    torch.manual_seed(0)
+    config = UNetConfig(channels=(16, 32), text_width=32, vocab_size=len(vocabulary()) + 1)
+    path = tmp_path / "embedded_prior.safetensors"
+    world = asdict(WorldConfig(face_rgb=dark))
+    metadata = {"vocabulary": list(vocabulary()), "world_config": world}
+    write_weights(TinyUNet(config), metadata, path)
+    assert bench.main(["--quick", "--configs", "sds", "--weights", str(path)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["config"]["face_rgb"] == list(dark)
+    truth = result["truth_by_azimuth"]  # the dark-faced head, found with the dark colour
+    assert truth[0] > 0.5 and truth[bench.BACK_VIEW] == 0.0
+    head = bench.true_head("red", WorldConfig(face_rgb=dark)).primitives[0]
+    assert head.face_rgb == dark
 
 
 @pytest.mark.parametrize(

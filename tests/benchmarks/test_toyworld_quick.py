@@ -6,17 +6,34 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from cfd3d.generate.config import preset_config
+from cfd3d.generate.run import Run
+from cfd3d.priors.embedded.prior import EmbeddedPrior
+from cfd3d.priors.embedded.unet import TinyUNet, UNetConfig
+from cfd3d.priors.embedded.weights import write_weights
+from cfd3d.priors.embedded.world import WorldConfig, vocabulary
+from cfd3d.scene.sampling import CameraSamplerConfig
+from cfd3d.scene.toy import single
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "toyworld.py"
 _spec = importlib.util.spec_from_file_location("toyworld_benchmark", SCRIPT)
 bench = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = bench  # dataclasses look their module up while it is created
 _spec.loader.exec_module(bench)
+
+
+@pytest.fixture(scope="module")
+def shipped_run():
+    """A ``cpu-demo`` run on the shipped prior (renders ground truth like the benchmark)."""
+    config = preset_config("cpu-demo", "a red cube").resolved()
+    return Run(config, bench.load_prior(None, config))
 
 
 def _views(opacity: torch.Tensor, albedo: torch.Tensor) -> "bench.Views":
@@ -36,6 +53,20 @@ def test_prompts_are_read_or_refused():
     for bad in ("a red head", "two red cubes", "a", "a red cube on top of a blue sphere"):
         with pytest.raises(bench.UserError):
             bench.parse_prompt(bad)
+
+
+def test_compositions_are_read_or_refused():
+    c = bench.parse_composition("a Red cube  on top of a blue sphere")
+    assert (c.colors, c.shapes, c.relation) == (("red", "blue"), ("cube", "sphere"), "on")
+    assert c.scene().name == "red_cube_on_blue_sphere" and c.missing is None
+    assert bench.parse_composition("a green cone next to a pink capsule").relation == "next_to"
+    for text in bench.COMPOSITIONS:
+        assert bench.parse_composition(text).scene().caption() == text
+    with pytest.raises(bench.UserError, match="one colour"):
+        bench.parse_composition("a red cube on top of a red sphere")
+    for bad in ("a red cube", "a red head next to a blue cube", "a red cube under a blue cone"):
+        with pytest.raises(bench.UserError, match="cannot read the composition"):
+            bench.parse_composition(bad)
 
 
 def test_iou_colour_and_diversity_on_synthetic_views():
@@ -105,12 +136,18 @@ def test_quick_run_prints_one_json_line_and_writes_docs(tmp_path, capsys):
     assert config["quick"] and config["steps"] == 3 and config["prompts"] == ["a red cube"]
     assert config["seeds_used"] == [bench.HELD_OUT_SEED] and config["held_out"]
     assert set(result["prior_reference"]) == {"a red cube", *bench.UNDERSPECIFIED}
+    comp = bench.COMPOSITIONS[0]
+    assert config["compositions"] == [comp] and config["comp_seeds"] == 1
+    truth = result["comp_judge_gt"]  # the judge on the true pair (shapes: a 1-epoch probe)
+    assert truth["present"] == 1.0 and truth["relation"] == 1.0
+    assert truth["relation_swapped"] == 0.0
     for method in bench.METHODS:
         r = result[method]
         assert r["probe_fid"] >= 0.0 and 0.0 <= r["probe_clip"] <= 1.0
         assert r["empty_results"] >= 0
-        for d in r["per_prompt"].values():
-            assert d["probe_fid"] >= 0.0 and 0.0 <= d["probe_clip"] <= 1.0
+        for text, d in r["per_prompt"].items():
+            if text != comp:  # compositions have no probe FID / CLIP
+                assert d["probe_fid"] >= 0.0 and 0.0 <= d["probe_clip"] <= 1.0
         assert 0.0 <= r["mask_iou"] <= 1.0
         assert 0.0 <= r["mesh_iou"] <= 1.0
         assert 0.0 <= r["color_err"] <= 1.0
@@ -118,7 +155,15 @@ def test_quick_run_prints_one_json_line_and_writes_docs(tmp_path, capsys):
         assert set(r["mode_tv"]) == set(bench.UNDERSPECIFIED)
         assert all(0.0 <= tv <= 1.0 for tv in r["mode_tv"].values())
         assert 0.0 <= r["noise_share"] < 1.0 and r["wall_s"] > 0.0
-        assert set(r["per_prompt"]) == {"a red cube", *bench.UNDERSPECIFIED}
+        assert set(r["per_prompt"]) == {"a red cube", comp, *bench.UNDERSPECIFIED}
+        for key in ("comp_acc", "comp_present_acc", "comp_shape_acc", "comp_relation_acc"):
+            assert 0.0 <= r[key] <= 1.0 and 0.0 <= r["per_prompt"][comp][key] <= 1.0
+        assert set(r["per_prompt"][comp]["seeds"][0]) >= {
+            "present",
+            "shape",
+            "relation",
+            "comp_right",
+        }
         assert r["per_prompt"]["a red object"]["classified"] == "shape"
         assert r["per_prompt"]["a torus"]["classified"] == "color"
     assert result["cfd"]["noise_share"] > result["sds"]["noise_share"]  # integral vs fresh
@@ -126,19 +171,17 @@ def test_quick_run_prints_one_json_line_and_writes_docs(tmp_path, capsys):
         assert sum(freq.values()) == pytest.approx(1.0, abs=1e-3), text
     text = (tmp_path / "toyworld.md").read_text()
     assert all(f"| {m} |" in text for m in bench.METHODS) and "probe FID" in text
+    assert "## Compositions" in text
     assert (tmp_path / "toyworld.png").read_bytes().startswith(b"\x89PNG")
 
 
-def test_world_views_are_drawn_like_the_worlds_images_and_fixed_by_the_seed():
-    from cfd3d.generate.config import preset_config
-    from cfd3d.generate.run import Run
-    from cfd3d.scene.toy import get_scene
-
-    config = preset_config("cpu-demo", "a red cube").resolved()
-    run = Run(config, bench.load_prior(None, config))
-    scene = get_scene("red_cube")
-    a, b = bench.world_views(run, scene, 100), bench.world_views(run, scene, 100)
-    c = bench.world_views(run, scene, 101)
+def test_world_views_are_drawn_like_the_worlds_images_and_fixed_by_the_seed(shipped_run):
+    run = shipped_run
+    world = bench.world_of(run.prior)
+    assert world == WorldConfig()
+    scene = single("red", "cube")
+    a, b = bench.world_views(run, scene, 100, world), bench.world_views(run, scene, 100, world)
+    c = bench.world_views(run, scene, 101, world)
     assert a.shape == (bench.WORLD_VIEWS, 3, 32, 32) and torch.equal(a, b)
     assert not torch.equal(a, c)  # another seed: other cameras
     assert torch.equal((a * 255).round() / 255, a)  # 8-bit, as the prior's samples
@@ -149,7 +192,8 @@ def test_world_views_are_drawn_like_the_worlds_images_and_fixed_by_the_seed():
 
 
 def test_a_cached_table_is_read_back_and_a_changed_run_is_not(tmp_path, capsys):
-    args = ["--quick", "--methods", "cfd", "--underspecified", "--cache", str(tmp_path)]
+    args = ["--quick", "--methods", "cfd", "--underspecified", "--compositions"]
+    args += ["--cache", str(tmp_path)]
     assert bench.main(args) == 0
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     files = sorted(tmp_path.iterdir())
@@ -174,7 +218,7 @@ def test_a_cached_table_is_read_back_and_a_changed_run_is_not(tmp_path, capsys):
 
 
 def test_the_consistency_ablation_adds_two_cfd_rows(capsys):
-    args = ["--quick", "--methods", "cfd", "--ablation", "--underspecified"]
+    args = ["--quick", "--methods", "cfd", "--ablation", "--underspecified", "--compositions"]
     assert bench.main(args) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"cfd", "cfd-fixed", "cfd-fresh"} <= set(result) and result["config"]["ablation"]
@@ -184,7 +228,7 @@ def test_the_consistency_ablation_adds_two_cfd_rows(capsys):
 def test_parallel_jobs_give_the_same_results_as_one_process(capsys):
     # Each worker process loads its own prior; on the CPU the results must not depend on
     # which process ran them, nor on the order in which they finished.
-    args = ["--quick", "--underspecified", "a torus", "--methods", "cfd", "sds"]
+    args = ["--quick", "--underspecified", "a torus", "--methods", "cfd", "sds", "--compositions"]
     assert bench.main(args) == 0
     serial = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     done = subprocess.run(
@@ -213,9 +257,75 @@ def test_parallel_jobs_give_the_same_results_as_one_process(capsys):
         (["--jobs", "0"], "--jobs must be positive"),
         (["--methods", "dds"], "unknown method"),
         (["--ablation", "--pipeline", "toy"], "--ablation runs the single-stage preset"),
+        (["--compositions", "a red cube on a blue cone"], "cannot read the composition"),
+        (["--comp-seeds", "0"], "--comp-seeds must be positive"),
+        (["--prompts", "--underspecified", "--compositions"], "nothing to run"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(capsys, extra, message):
     assert bench.main(["--quick", *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error:") and message in err
+
+
+def test_a_prior_of_another_world_is_seen_from_its_cameras(tmp_path, shipped_run):
+    overhead = WorldConfig(
+        cameras=CameraSamplerConfig(elevation_deg=(80.0, 90.0), fovy_deg=(50.0, 50.0)),
+        p_albedo=1.0,
+    )
+    torch.manual_seed(0)
+    config = UNetConfig(channels=(16, 32), text_width=32, vocab_size=len(vocabulary()) + 1)
+    path = tmp_path / "embedded_prior.safetensors"
+    metadata = {"vocabulary": list(vocabulary()), "world_config": asdict(overhead)}
+    write_weights(TinyUNet(config), metadata, path)
+    prior = EmbeddedPrior.load(path)
+    assert bench.world_of(prior) == overhead
+    scene = single("red", "cylinder")
+    seen = bench.world_views(shipped_run, scene, 100, bench.world_of(prior))
+    first = bench.world_views(shipped_run, scene, 100, WorldConfig())
+    assert not torch.equal(seen, first)
+    # from above a cylinder is a disc: a square's worth of its bounding box is covered
+    mask = (seen < 0.9).any(dim=1)
+    rows, cols = mask.any(dim=2).sum(dim=1).float(), mask.any(dim=1).sum(dim=1).float()
+    assert bool(((rows - cols).abs() <= 2).all())
+    # flat albedo in all of this world's views: one colour, no shading
+    red = torch.tensor(bench.COLORS["red"])[None, :, None]
+    inside = seen.flatten(2)[:, :, mask.flatten(1)[0]]
+    assert bool(((inside - red).abs() < 0.02).float().mean() > 0.8)
+
+
+def test_the_composition_judge_passes_the_truth_and_refuses_the_swap_and_a_smear(shipped_run):
+    run, world = shipped_run, WorldConfig()
+    tp = bench.probe_module()
+    front = bench.evaluation_cameras()[0][0:1]  # the orbit's first view, as the crops'
+    for text in bench.COMPOSITIONS:
+        c = bench.parse_composition(text)
+        composed = bench.look(run, c.scene(), 64, 100, world, c).composed
+        visible = composed.pixels >= tp.MIN_PIXELS
+        assert bool((visible.sum(dim=1) * 2 >= visible.shape[1]).all()), text
+        assert bench.relation_holds(composed.centroids, c.relation), text
+        assert not bench.relation_holds(composed.centroids.flip(0), c.relation), text
+        # each object's crop is the single object as the probe sees it: re-centred, its size
+        for k in range(2):
+            alone = (
+                run.renderer(
+                    single(c.colors[k], c.shapes[k]),
+                    front,
+                    32,
+                    32,
+                    shading=bench.HEADLIGHT,
+                    background=bench.SolidBackground(),
+                )
+                .rgb[0]
+                .permute(2, 0, 1)
+            )
+            crop = composed.crops[k, 0]
+            a, b = (1 - crop).amax(0) > tp.FOREGROUND, (1 - alone).amax(0) > tp.FOREGROUND
+            assert float((a & b).sum() / (a | b).sum()) >= 0.6, (text, k)
+    # one ball in two colours (a head whose face is blue): both colours, no relation
+    smear = bench.parse_composition("a red sphere on top of a blue sphere")
+    ball = single("red", "head", bench.COLORS["blue"])
+    composed = bench.look(run, ball, 32, 100, world, smear).composed
+    assert not bench.relation_holds(composed.centroids, "on")
+    assert not bench.relation_holds(composed.centroids, "next_to")
+    assert not torch.isnan(composed.centroids).any()

@@ -11,6 +11,7 @@ from cfd3d.errors import ConfigError
 from cfd3d.priors.embedded.prior import EmbeddedPrior
 from cfd3d.priors.embedded.tokenizer import WordTokenizer
 from cfd3d.priors.embedded.training import TrainConfig
+from cfd3d.priors.embedded.weights import load_weights
 from cfd3d.priors.embedded.world import (
     VIEW_WORDS,
     WORLD_SHADING,
@@ -152,6 +153,11 @@ def test_train_prior_writes_weights_that_load(trained_weights):
     assert prior.tokenizer.words == vocabulary()
     assert prior.input_shape == (3, 32, 32)
     assert (trained_weights.parent / "checkpoint.pt").is_file()
+    # without --config the metadata is what it always was
+    metadata = load_weights(trained_weights)[1]
+    assert set(metadata) == {"vocabulary", "schedule", "train_config", "world_config", "command"}
+    assert metadata["command"] == "cfd3d train-prior --seed 0 --steps 2"
+    assert metadata["world_config"] == json.loads(json.dumps(asdict(WorldConfig())))
 
 
 def test_sample_writes_a_grid(trained_weights, tmp_path):

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import math
+import shlex
 import time
+import typing
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -11,7 +18,14 @@ from cfd3d.diffusion.samplers import ddim_sample, ddim_timesteps
 from cfd3d.errors import ConfigError, OutputError
 from cfd3d.io import atomic_torch_save, atomic_write_bytes, ensure_writable_dir
 from cfd3d.priors.embedded.prior import EmbeddedPrior
+from cfd3d.priors.embedded.training import TrainConfig, check_unet
+from cfd3d.priors.embedded.world import WorldConfig
 from cfd3d.text import check_text
+
+CONFIG_SECTIONS: tuple[str, ...] = ("train", "world", "unet")
+"""The objects a ``cfd3d train-prior --config`` file may hold."""
+LONGEST_CAPTION = "a yellow cylinder on top of a yellow capsule, overhead view"
+"""A toy-world caption of the most words (a pair with a view phrase)."""
 
 
 @torch.no_grad()
@@ -62,40 +76,165 @@ def _run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_train(args: argparse.Namespace) -> int:
-    from dataclasses import asdict, replace
+def prior_configs(data: Any) -> tuple[TrainConfig, WorldConfig]:
+    """The training run and the world of a ``cfd3d train-prior --config`` object.
 
+    ``data`` is a JSON object with optional ``"train"``, ``"world"`` and ``"unet"`` objects,
+    each a partial dict of :class:`TrainConfig` (without ``unet``), :class:`WorldConfig`
+    and :class:`~cfd3d.priors.embedded.unet.UNetConfig` fields merged over the defaults
+    (nested objects, e.g. the world's ``cameras``, merge too); lists stand for tuples. The
+    world's ``image_size`` follows the UNet's unless given, and must equal it.
+
+    Raises:
+        ConfigError: unknown keys, values of the wrong type or invalid values (one line
+            naming the section and the key).
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"the file must hold a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(CONFIG_SECTIONS))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(unknown)}; valid: {', '.join(CONFIG_SECTIONS)}"
+        )
+    train = data.get("train", {})
+    if isinstance(train, dict) and "unet" in train:
+        raise ConfigError('train: give the UNet\'s settings as a top-level "unet" object')
+    base = TrainConfig()
+    unet = _merged(base.unet, data.get("unet", {}), "unet")
+    try:
+        check_unet(unet)
+    except ConfigError as exc:
+        raise ConfigError(f"unet: {exc}") from None
+    config = _merged(dataclasses.replace(base, unet=unet), train, "train")
+    world = _merged(WorldConfig(image_size=unet.image_size), data.get("world", {}), "world")
+    if world.image_size != unet.image_size:
+        raise ConfigError(
+            f"world: image_size {world.image_size} must equal the unet's, {unet.image_size} "
+            "(the prior draws the world's images)"
+        )
+    return config, world
+
+
+def prior_config_dict(config: TrainConfig, world: WorldConfig) -> dict[str, Any]:
+    """Every setting of ``config`` and ``world`` as a ``--config`` object (what reproduces
+    them with ``cfd3d train-prior --config FILE``)."""
+    train = dataclasses.asdict(config)
+    unet = train.pop("unet")
+    return {"train": train, "world": dataclasses.asdict(world), "unet": unet}
+
+
+def _merged(base: Any, data: Any, where: str) -> Any:
+    """``base`` (a config dataclass) with the fields in the JSON object ``data`` replaced;
+    ``where`` names it in errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a JSON object, got {json.dumps(data)}")
+    hints = typing.get_type_hints(type(base))
+    names = [f.name for f in dataclasses.fields(base)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(names)}"
+        )
+    values = {}
+    for key, value in data.items():
+        if dataclasses.is_dataclass(hints[key]):
+            values[key] = _merged(getattr(base, key), value, f"{where}.{key}")
+        else:
+            values[key] = _typed(hints[key], value, f"{where}.{key}")
+    try:
+        return dataclasses.replace(base, **values)
+    except (TypeError, ValueError) as exc:  # a config's own check of its values
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _typed(hint: Any, value: Any, where: str) -> Any:
+    """The JSON ``value`` as type ``hint`` (int, float, bool, str or a tuple of them)."""
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {json.dumps(value)}")
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_typed(args[0], v, where) for v in value)
+        if len(args) != len(value):
+            raise ConfigError(f"{where} must have {len(args)} entries, got {json.dumps(value)}")
+        return tuple(_typed(a, v, where) for a, v in zip(args, value, strict=True))
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where} must be a number, got {json.dumps(value)}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number, got {value}")
+        return float(value)
+    if isinstance(value, bool) != (hint is bool) or not isinstance(value, hint):
+        raise ConfigError(f"{where} must be of type {hint.__name__}, got {json.dumps(value)}")
+    return value
+
+
+def read_prior_config(path: Path) -> tuple[TrainConfig, WorldConfig]:
+    """:func:`prior_configs` of a JSON file.
+
+    Raises:
+        ConfigError: a missing, unreadable or invalid file.
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"--config file '{path}' not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read --config file '{path}' ({exc})") from None
+    try:
+        return prior_configs(data)
+    except ConfigError as exc:
+        raise ConfigError(f"--config '{path}': {exc}") from None
+
+
+def _run_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cfd3d.priors.embedded.tokenizer import WordTokenizer
-    from cfd3d.priors.embedded.training import TrainConfig, read_training_checkpoint, train
+    from cfd3d.priors.embedded.training import read_training_checkpoint, train
     from cfd3d.priors.embedded.weights import write_weights
-    from cfd3d.priors.embedded.world import WorldConfig, caption, render_world, vocabulary
+    from cfd3d.priors.embedded.world import caption, render_world, vocabulary
 
-    if args.steps is not None and args.steps <= 0:
-        raise ConfigError("--steps must be a positive integer")
-    if args.dataset_size is not None and args.dataset_size <= 0:
-        raise ConfigError("--dataset-size must be a positive integer")
-    config = TrainConfig(seed=args.seed)
-    if args.steps is not None:
-        config = replace(config, steps=args.steps)
-    if args.dataset_size is not None:
-        config = replace(config, dataset_size=args.dataset_size)
-    world = WorldConfig(image_size=config.unet.image_size)
+    for flag, value in (("--steps", args.steps), ("--dataset-size", args.dataset_size)):
+        if value is not None and value <= 0:
+            raise ConfigError(f"{flag} must be a positive integer")
+    if args.threads is not None and args.threads <= 0:
+        raise ConfigError("--threads must be a positive integer")
+    if args.config is not None:
+        config, world = read_prior_config(args.config)
+    else:
+        config = TrainConfig()
+        world = WorldConfig(image_size=config.unet.image_size)
+    overrides = {"seed": args.seed, "steps": args.steps, "dataset_size": args.dataset_size}
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    words = vocabulary()
+    if config.unet.vocab_size <= len(words):
+        raise ConfigError(
+            f"unet vocab_size must exceed the {len(words)} words of the toy world (id 0 is "
+            f"padding), got {config.unet.vocab_size}"
+        )
+    tokenizer = WordTokenizer(words, config.unet.max_tokens)
+    longest = len(tokenizer.split(LONGEST_CAPTION))
+    if config.unet.max_tokens < longest:
+        raise ConfigError(
+            f"unet max_tokens must be at least {longest}, the longest caption's words "
+            f"({LONGEST_CAPTION!r}), got {config.unet.max_tokens}"
+        )
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    data_file = args.work / "dataset.pt"
+    key = {"world": dataclasses.asdict(world), "n": config.dataset_size, "seed": config.seed}
     if (args.work / "checkpoint.pt").exists():  # another run's is refused before any work
-        read_training_checkpoint(args.work / "checkpoint.pt", config)
+        read_training_checkpoint(args.work / "checkpoint.pt", config, key)
     ensure_writable_dir(args.work)
     ensure_writable_dir(args.out.parent)
     tic = time.perf_counter()
-    data_file = args.work / "dataset.pt"
-    key = {"world": asdict(world), "n": config.dataset_size, "seed": config.seed}
     cached = _read_dataset(data_file)
     if cached is not None and cached["key"] == key:
         images, items = cached["images"], cached["items"]
     else:
         images, items = render_world(world, config.dataset_size, config.seed, progress=True)
         atomic_torch_save(data_file, {"key": key, "images": images, "items": items})
-    tokenizer = WordTokenizer(vocabulary(), config.unet.max_tokens)
     bar = tqdm(total=config.steps, desc="training the embedded prior", unit="step")
 
     def progress(step: int, loss: float, seconds: float) -> None:
@@ -110,16 +249,23 @@ def _run_train(args: argparse.Namespace) -> int:
         tokenizer,
         checkpoint=args.work / "checkpoint.pt",
         progress=progress,
+        data=key,
     )
     bar.close()
     minutes = (time.perf_counter() - tic) / 60
-    metadata = {
+    metadata: dict[str, object] = {
         "vocabulary": list(tokenizer.words),
         "schedule": "scaled_linear",
-        "train_config": asdict(config),
-        "world_config": asdict(world),
+        "train_config": dataclasses.asdict(config),
+        "world_config": dataclasses.asdict(world),
         "command": f"cfd3d train-prior --seed {config.seed} --steps {config.steps}",
     }
+    if args.config is not None:
+        command = ["cfd3d", "train-prior", "--config", str(args.config)]
+        command += ["--seed", str(config.seed), "--steps", str(config.steps)]
+        command += ["--dataset-size", str(config.dataset_size)]
+        metadata["command"] = shlex.join(command)
+        metadata["train_prior_config"] = prior_config_dict(config, world)
     checksum = write_weights(model, metadata, args.out)
     print(f"wrote {args.out} (sha256 {checksum[:12]}..., {minutes:.1f} min this call)")
     return 0
@@ -149,8 +295,6 @@ def _run_vocab(args: argparse.Namespace) -> int:
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register ``cfd3d train-prior``, ``cfd3d sample`` and ``cfd3d prior-vocab``."""
-    from pathlib import Path
-
     train = subparsers.add_parser(
         "train-prior",
         help="train the embedded toy-world prior from scratch",
@@ -158,13 +302,31 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
             "Render the toy world and train the embedded prior on it (about an hour on 2 CPU "
             "cores with the defaults). Interrupted runs resume from --work. The shipped "
             "weights were made with the defaults and --seed 0; copy the result to "
-            "src/cfd3d/assets/ (with its .sha256) to replace them."
+            "src/cfd3d/assets/ (with its .sha256) to replace them. --config FILE.json changes "
+            "the training, the world or the UNet; the weights record every setting."
         ),
     )
-    train.add_argument("--seed", type=int, default=0, help="seeds the data and the training")
+    train.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help='a JSON object with optional "train", "world" and "unet" objects, each merged '
+        "over the defaults (e.g. configs/world-v2-draft.json); --seed, --steps and "
+        "--dataset-size override it",
+    )
+    train.add_argument(
+        "--seed", type=int, default=None, help="seeds the data and the training (default 0)"
+    )
     train.add_argument("--steps", type=int, default=None, help="training steps (default 3000)")
     train.add_argument(
         "--dataset-size", type=int, default=None, help="number of rendered images (default 16000)"
+    )
+    train.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's choice; float sums, so the last bits of the "
+        "weights, depend on it)",
     )
     train.add_argument(
         "--work",

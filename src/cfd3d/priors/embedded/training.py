@@ -13,12 +13,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.nn import functional as F
 
 from cfd3d.diffusion.schedule import make_schedule
-from cfd3d.errors import UserError
+from cfd3d.errors import ConfigError, UserError
 from cfd3d.io import atomic_torch_save
 from cfd3d.priors.embedded.tokenizer import WordTokenizer
 from cfd3d.priors.embedded.unet import TinyUNet, UNetConfig
@@ -54,6 +55,64 @@ class TrainConfig:
     checkpoint_every: int = 250
     unet: UNetConfig = field(default_factory=lambda: UNetConfig(channels=(48, 96, 128)))
 
+    def __post_init__(self) -> None:
+        positive = {
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "dataset_size": self.dataset_size,
+            "checkpoint_every": self.checkpoint_every,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+        if self.warmup < 0 or self.weight_decay < 0:
+            raise ConfigError(
+                f"warmup and weight_decay must not be negative, got {self.warmup} and "
+                f"{self.weight_decay}"
+            )
+        for name in ("cfg_dropout", "ema_decay"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        check_unet(self.unet)
+
+
+def check_unet(config: UNetConfig) -> None:
+    """Refuse a UNet that cannot be built or cannot run on its images.
+
+    Raises:
+        ConfigError: what is wrong, e.g. channels that its GroupNorm groups do not divide.
+    """
+    counts = {
+        "image_size": config.image_size,
+        "patch": config.patch,
+        "blocks_per_level": config.blocks_per_level,
+        "text_layers": config.text_layers,
+        "max_tokens": config.max_tokens,
+        "groups": config.groups,
+    }
+    for name, value in counts.items():
+        if value < 1:
+            raise ConfigError(f"{name} must be at least 1, got {value}")
+    if not config.channels or min(config.channels) < 1:
+        raise ConfigError(f"channels must be positive counts, got {config.channels}")
+    if any(c % config.groups or c % 4 for c in config.channels):
+        raise ConfigError(
+            f"channels {config.channels} must be multiples of groups ({config.groups}) "
+            "and of 4 (the attention heads)"
+        )
+    if config.channels[0] % 2 or config.text_width < 4 or config.text_width % 4:
+        raise ConfigError(
+            "channels[0] must be even and text_width a positive multiple of 4 (the "
+            f"attention heads), got {config.channels[0]} and {config.text_width}"
+        )
+    fold = config.patch * 2 ** (len(config.channels) - 1)
+    if config.image_size % fold:
+        raise ConfigError(
+            f"image_size {config.image_size} must be a multiple of {fold} (patch "
+            f"{config.patch} times 2 per level below the first)"
+        )
+
 
 def learning_rate(config: TrainConfig, step: int) -> float:
     """Linear warm-up then cosine decay to 10 % of the peak."""
@@ -78,6 +137,7 @@ def train(
     checkpoint: Path | None = None,
     progress: Callable[[int, float, float], None] | None = None,
     stop_at: int | None = None,
+    data: dict[str, Any] | None = None,
 ) -> TinyUNet:
     """Train and return the EMA model.
 
@@ -90,6 +150,9 @@ def train(
         progress: ``progress(step, loss, seconds_per_step)`` after every step.
         stop_at: end this call after this many steps in total (an interruption: resume
             from ``checkpoint`` later); the checkpoint is written when stopping.
+        data: what defines ``images`` and their captions (``cfd3d train-prior``: the world,
+            the number of images and the seed), kept in the checkpoint so that a run on
+            other data does not resume it.
     """
     torch.manual_seed(config.seed)
     model = TinyUNet(config.unet)
@@ -104,7 +167,7 @@ def train(
     gen = torch.Generator().manual_seed(config.seed + 1)
     start = 0
     if checkpoint is not None and checkpoint.exists():
-        state = read_training_checkpoint(checkpoint, config)
+        state = read_training_checkpoint(checkpoint, config, data)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimiser.load_state_dict(state["optimiser"])
@@ -144,6 +207,7 @@ def train(
                 "generator": gen.get_state(),
                 "step": step + 1,
                 "config": asdict(config),
+                "data": data,
             }
             atomic_torch_save(checkpoint, state)
         if progress is not None:
@@ -151,13 +215,14 @@ def train(
     return ema.eval()
 
 
-def read_training_checkpoint(path: Path, config: TrainConfig) -> dict:
+def read_training_checkpoint(path: Path, config: TrainConfig, data: dict | None = None) -> dict:
     """A training checkpoint of ``config`` (its ``steps`` may differ: a longer run resumes
-    a shorter one).
+    a shorter one) and of ``data`` (see :func:`train`; not compared when ``None``, nor in a
+    checkpoint written before the data was recorded).
 
     Raises:
-        UserError: the file is damaged, or it belongs to a training run of another seed or
-            configuration.
+        UserError: the file is damaged, or it belongs to a training run of another seed,
+            configuration or data.
     """
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
@@ -170,12 +235,29 @@ def read_training_checkpoint(path: Path, config: TrainConfig) -> dict:
         raise UserError(
             f"'{path}' is not a training checkpoint; delete it or choose another --work"
         )
-    theirs, mine = dict(state["config"]), asdict(config)
-    if {**theirs, "steps": 0} != {**mine, "steps": 0}:
-        differ = sorted(k for k in mine if theirs.get(k) != mine[k] and k != "steps")
+    differ = _differences({**state["config"], "steps": 0}, {**asdict(config), "steps": 0})
+    if data is not None and state.get("data") is not None:
+        differ += _differences(state["data"], data, "data.")
+    if differ:
         raise UserError(
-            f"'{path}' is a training run with other settings ({', '.join(differ)}: e.g. seed "
-            f"{theirs.get('seed')}, not {mine['seed']}); choose another --work, or delete it to "
-            "train afresh"
+            f"'{path}' is a training run with other settings ({'; '.join(differ[:3])}); "
+            "choose another --work, or delete it to train afresh"
         )
     return state
+
+
+def _differences(theirs: dict, mine: dict, prefix: str = "") -> list[str]:
+    """``"key THEIRS, not MINE"`` for every leaf where two (nested) dicts differ."""
+    out = []
+    for key in sorted(set(theirs) | set(mine)):
+        a, b = theirs.get(key), mine.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif _plain(a) != _plain(b):
+            out.append(f"{prefix}{key} {_plain(a)}, not {_plain(b)}")
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, so that a stored ``[1, 2]`` equals ``(1, 2)``."""
+    return list(value) if isinstance(value, tuple) else value

@@ -80,6 +80,16 @@ class WorldConfig:
     cameras: CameraSamplerConfig = field(default_factory=CameraSamplerConfig)
     face_rgb: tuple[float, float, float] = FACE_RGB
 
+    def __post_init__(self) -> None:
+        for name in ("image_size", "n_samples", "views_per_scene"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("p_head", "p_pair", "p_albedo", "p_view", "p_no_shape", "p_no_color"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if len(self.face_rgb) != 3 or not all(0.0 <= c <= 1.0 for c in self.face_rgb):
+            raise ConfigError(f"face_rgb must be 3 values in [0, 1], got {self.face_rgb}")
+
 
 def world_from_dict(data: dict[str, Any]) -> WorldConfig:
     """The :class:`WorldConfig` that ``dataclasses.asdict`` wrote (as stored in a prior's
@@ -94,17 +104,17 @@ def world_from_dict(data: dict[str, Any]) -> WorldConfig:
     if unknown:
         raise ConfigError(f"unknown world setting(s): {', '.join(unknown)}")
     values = dict(data)
-    if "cameras" in values:
-        cameras = dict(values["cameras"])
-        for key, value in cameras.items():
-            if isinstance(value, list):
-                cameras[key] = tuple(value)
-        values["cameras"] = CameraSamplerConfig(**cameras)
-    if "face_rgb" in values:
-        values["face_rgb"] = tuple(values["face_rgb"])
     try:
+        if "cameras" in values:
+            cameras = dict(values["cameras"])
+            for key, value in cameras.items():
+                if isinstance(value, list):
+                    cameras[key] = tuple(value)
+            values["cameras"] = CameraSamplerConfig(**cameras)
+        if "face_rgb" in values:
+            values["face_rgb"] = tuple(values["face_rgb"])
         return WorldConfig(**values)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # ConfigError is a ValueError
         raise ConfigError(f"invalid world settings ({exc})") from None
 
 

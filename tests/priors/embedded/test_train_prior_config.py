@@ -1,0 +1,160 @@
+"""``cfd3d train-prior --config``: the defaults it merges over, what it refuses, what it records."""
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from cfd3d.cli import main
+from cfd3d.priors.embedded.commands import prior_configs
+from cfd3d.priors.embedded.training import TrainConfig
+from cfd3d.priors.embedded.weights import load_weights
+from cfd3d.priors.embedded.world import WorldConfig
+from cfd3d.scene.sampling import CameraSamplerConfig
+from cfd3d.scene.toy import FACE_RGB
+
+DRAFT = Path(__file__).resolve().parents[3] / "configs" / "world-v2-draft.json"
+SMALL = {
+    "train": {"batch_size": 4, "warmup": 1},
+    "unet": {"channels": [16, 32], "text_width": 32, "groups": 4},
+    "world": {"n_samples": 8, "p_pair": 0.5, "cameras": {"fovy_deg": [50, 50]}},
+}
+"""A tiny run: small UNet, 4 images a step, 8 samples a ray; the world changed a little."""
+
+
+def _plain(value):
+    """Tuples as lists, as JSON stores them."""
+    return json.loads(json.dumps(value))
+
+
+def test_the_defaults_are_the_shipped_weights_settings():
+    model, metadata = load_weights()
+    shipped_train, shipped_world = metadata["train_config"], metadata["world_config"]
+    train = _plain(asdict(TrainConfig()))
+    # attention_levels came after the shipped prior; its absence there means none
+    assert train["unet"].pop("attention_levels") == []
+    assert train == shipped_train
+    world = _plain(asdict(WorldConfig()))
+    new = {"cameras": _plain(asdict(CameraSamplerConfig())), "face_rgb": list(FACE_RGB)}
+    for key, value in new.items():  # stored since, absent from the shipped metadata
+        assert world.pop(key) == value and key not in shipped_world
+    assert world == shipped_world
+    assert asdict(model.config) == asdict(TrainConfig().unet)
+    assert prior_configs({}) == (TrainConfig(), WorldConfig())
+    assert metadata["command"] == "cfd3d train-prior --seed 0 --steps 3000"
+
+
+def test_sections_merge_over_the_defaults():
+    config, world = prior_configs(json.loads(DRAFT.read_text()))
+    assert config.unet.attention_levels == (1,) and config.unet.channels == (48, 96, 128)
+    assert config.steps == TrainConfig().steps and config.dataset_size == 24000
+    assert world.face_rgb == (0.06, 0.06, 0.08) and world.p_pair == 0.45
+    assert world.p_head == WorldConfig().p_head
+    cameras = world.cameras
+    assert cameras.fovy_deg == (50.0, 50.0) and cameras.distance == (1.4, 1.4)
+    assert cameras.elevation_deg == (-10.0, 90.0)
+    assert cameras.azimuth_deg == CameraSamplerConfig().azimuth_deg  # merged, not replaced
+    config, world = prior_configs({"unet": {"image_size": 64, "channels": [32, 64]}})
+    assert world.image_size == 64  # the world follows the UNet's size
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"trian": {}}', "unknown key(s) trian"),
+        ('{"train": {"stepz": 3}}', "train: unknown key(s) stepz"),
+        ('{"world": {"cameras": {"zoom": 2}}}', "world.cameras: unknown key(s) zoom"),
+        ('{"train": {"steps": 2.5}}', "train.steps must be of type int"),
+        ('{"train": {"lr": -1}}', "train: lr must be positive"),
+        ('{"world": {"p_pair": 1.5}}', "world: p_pair must lie in [0, 1]"),
+        ('{"world": {"face_rgb": [0, 0]}}', "world.face_rgb must have 3 entries"),
+        ('{"world": {"cameras": {"elevation_deg": [0, 95]}}}', "elevation_deg must lie in"),
+        ('{"world": {"image_size": 64}}', "must equal the unet's, 32"),
+        ('{"unet": {"attention_levels": [4]}}', "attention level 4 is outside"),
+        ('{"unet": {"channels": [48, 100]}}', "multiples of groups"),
+        ('{"unet": {"vocab_size": 20}}', "vocab_size must exceed"),
+        ('{"unet": {"max_tokens": 8}}', "max_tokens must be at least 12"),
+        ('{"train": {"unet": {}}}', 'top-level "unet"'),
+        ("[1, 2]", "must hold a JSON object"),
+        ("{not json", "cannot read --config file"),
+    ],
+)
+def test_bad_config_files_are_one_line_and_exit_code_2(tmp_path, capsys, text, message):
+    config = tmp_path / "bad.json"
+    config.write_text(text)
+    out = tmp_path / "w.safetensors"
+    args = ["train-prior", "--config", str(config), "--work", str(tmp_path / "work")]
+    assert main([*args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error:") and message in err
+    assert not out.exists() and not (tmp_path / "work").exists()
+
+
+def test_a_missing_config_or_bad_threads_is_refused(tmp_path, capsys):
+    assert main(["train-prior", "--config", str(tmp_path / "nope.json")]) == 2
+    assert "nope.json' not found" in capsys.readouterr().err
+    assert main(["train-prior", "--threads", "0", "--work", str(tmp_path / "w")]) == 2
+    assert "--threads must be a positive integer" in capsys.readouterr().err
+
+
+def _train(tmp_path: Path, name: str, config: dict | None, *extra: str) -> Path:
+    """Run a 2-step ``cfd3d train-prior`` on 8 images; returns the weights file."""
+    work = tmp_path / name
+    args = ["train-prior", "--steps", "2", "--dataset-size", "8", "--work", str(work)]
+    if config is not None:
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(config))
+        args += ["--config", str(path)]
+    out = work / "w.safetensors"
+    assert main([*args, *extra, "--out", str(out)]) == 0
+    return out
+
+
+def test_a_config_run_records_its_settings_and_they_reproduce_it(tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        first = _train(tmp_path, "a", SMALL, "--threads", "1")
+        assert torch.get_num_threads() == 1
+        _, metadata = load_weights(first)
+        config, world = prior_configs(SMALL)
+        config = replace(config, steps=2, dataset_size=8)  # as the command line says
+        assert metadata["world_config"] == _plain(asdict(world))
+        assert metadata["train_config"] == _plain(asdict(config))
+        assert metadata["train_config"]["unet"]["channels"] == [16, 32]
+        assert metadata["command"] == (
+            f"cfd3d train-prior --config {tmp_path / 'a.json'} --seed 0 --steps 2 --dataset-size 8"
+        )
+        # the recorded settings, as a --config file, make the same weights
+        again = _train(tmp_path, "b", metadata["train_prior_config"], "--seed", "0")
+        model, metadata_again = load_weights(again)
+        reference = load_weights(first)[0].state_dict()
+        assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())
+        assert metadata_again.pop("command") != metadata.pop("command")  # the file's name
+        assert metadata_again == metadata
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_another_world_refuses_the_checkpoint_and_renders_its_own_data(tmp_path, capsys):
+    first = _train(tmp_path, "a", SMALL)
+    work = first.parent
+    darker = json.loads(json.dumps(SMALL))
+    darker["world"]["face_rgb"] = [0.06, 0.06, 0.08]
+    path = tmp_path / "dark.json"
+    path.write_text(json.dumps(darker))
+    args = ["train-prior", "--steps", "2", "--dataset-size", "8", "--work", str(work)]
+    capsys.readouterr()
+    assert main([*args, "--config", str(path), "--out", str(work / "dark.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "data.world.face_rgb" in err and "--work" in err and len(err.splitlines()) == 1
+    (work / "checkpoint.pt").unlink()
+    assert main([*args, "--config", str(path), "--out", str(work / "dark.safetensors")]) == 0
+    key = torch.load(work / "dataset.pt", weights_only=False)["key"]
+    assert key["world"]["face_rgb"] == (0.06, 0.06, 0.08)
+    assert load_weights(work / "dark.safetensors")[1]["world_config"]["face_rgb"] == [
+        0.06,
+        0.06,
+        0.08,
+    ]
