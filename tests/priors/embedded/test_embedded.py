@@ -1,7 +1,10 @@
 """The embedded prior's parts on tiny random models: tokenizer, UNet, weights, training."""
 
+import json
+
 import pytest
 import torch
+from safetensors import safe_open
 
 from cfd3d.errors import UserError
 from cfd3d.priors.embedded.prior import EmbeddedPrior
@@ -141,3 +144,30 @@ def test_training_learns_and_resumes_identically(tmp_path):
     trained_loss = (full(x_t, t, ids) - noise).pow(2).mean()
     untrained_loss = (fresh(x_t, t, ids) - noise).pow(2).mean()
     assert trained_loss < 0.8 * untrained_loss
+
+
+def test_the_same_weights_are_written_as_the_same_bytes(tmp_path):
+    # safetensors writes its metadata in hash order, which changes from process to
+    # process; the weights' checksum must not
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from cfd3d.priors.embedded.unet import TinyUNet, UNetConfig\n"
+        "from cfd3d.priors.embedded.weights import weights_to_bytes\n"
+        "torch.manual_seed(0)\n"
+        "model = TinyUNet(UNetConfig(image_size=8, channels=(8, 16), text_width=16, groups=4))\n"
+        "meta = {k: k for k in 'abcdefghijklmnop'}\n"
+        "sys.stdout.buffer.write(weights_to_bytes(model, meta))\n"
+    )
+    runs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout
+        for _ in range(3)
+    ]
+    assert runs[0] == runs[1] == runs[2]
+    path = tmp_path / "embedded_prior.safetensors"
+    path.write_bytes(runs[0])
+    with safe_open(str(path), framework="pt") as handle:  # still a valid file
+        assert json.loads(handle.metadata()["p"]) == "p"
+        assert len(list(handle.keys())) > 0

@@ -42,7 +42,19 @@ def weights_to_bytes(model: TinyUNet, metadata: dict[str, object]) -> bytes:
     tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     header = {"unet_config": json.dumps(asdict(model.config))}
     header.update({k: json.dumps(v) for k, v in metadata.items()})
-    return save(tensors, metadata=header)
+    return _sorted_metadata(save(tensors, metadata=header))
+
+
+def _sorted_metadata(data: bytes) -> bytes:
+    """``data`` (a safetensors file) with its metadata in sorted key order: the library
+    writes it in hash order, which differs from process to process, so the same weights
+    would get another checksum each time they are written."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format keeps the tensor data 8-byte aligned
+    return len(text).to_bytes(8, "little") + text + data[8 + size :]
 
 
 def write_weights(model: TinyUNet, metadata: dict[str, object], path: Path) -> str:
