@@ -4,11 +4,12 @@ The toy world's "head" is a ball with a face on its front (+x, azimuth 0), in th
 colour of the prior's world (``EmbeddedPrior.world.face_rgb``: pale for the first prior).
 Every run distils "a {colour} head" with the ``cpu-demo`` preset (view-dependent prompts
 on) from the shipped prior or ``--weights`` and is rendered in albedo from the evaluation
-orbit of ``benchmarks/toyworld.py`` (8 views at elevation 15°, front first), on white. In
-each view, ``face`` is the share of the object's pixels (opacity > 0.5) whose albedo is
-nearer the face colour than the head's colour and within :data:`FACE_TOLERANCE` of it; the
-ground-truth head of that world, rendered the same way, gives the reference ``face`` per
-view.
+orbit of ``benchmarks/toyworld.py`` (:mod:`cfd3d.evaluation.toyworld.setting`: 8 views at
+elevation 15°, front first), on white. In each view, ``face`` is the share of the object's
+pixels (opacity > 0.5) whose albedo is nearer the face colour than the head's colour and
+within :data:`~cfd3d.evaluation.toyworld.views.FACE_TOLERANCE` of it
+(:func:`~cfd3d.evaluation.toyworld.views.face_by_view`); the ground-truth head of that
+world, rendered the same way, gives the reference ``face`` per view.
 
 Per configuration (``cfd``, ``cfd+perpneg``, ``sds`` by default; ``+perpneg`` adds Perp-Neg
 with weight ``--perp-neg``):
@@ -32,7 +33,6 @@ one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import multiprocessing
 import sys
@@ -40,92 +40,47 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import torch
 
 from cfd3d.cli import guarded
 from cfd3d.errors import UserError
+from cfd3d.evaluation.toyworld.jobs import distil, load_prior, method_config
+from cfd3d.evaluation.toyworld.setting import BACK_VIEW, EVAL_SIZE
+from cfd3d.evaluation.toyworld.views import face_by_view, faces, true_head, world_of
 from cfd3d.generate.config import GenerateConfig, preset_config
 from cfd3d.generate.run import Run
 from cfd3d.priors.base import Prior
-from cfd3d.priors.embedded.world import WorldConfig
-from cfd3d.scene.toy import COLORS, ToyScene, single
-
-FACE_TOLERANCE = 0.2
-"""Largest RGB distance from the face colour of a pixel counted as face."""
-BACK_VIEW = 4
-"""Index of azimuth 180° in the 8-view orbit."""
-
-
-def toyworld() -> ModuleType:
-    """``benchmarks/toyworld.py``, whose run loop and evaluation orbit this reuses."""
-    name = "_janus_toyworld"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).resolve().with_name("toyworld.py")
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+from cfd3d.scene.toy import COLORS
 
 
 @dataclass(frozen=True)
 class Job:
+    """One run: its config (method, colour, seed), its configuration's label, its colour."""
+
     config: GenerateConfig
     label: str
     color: str
-
-
-def face_by_view(
-    albedo: torch.Tensor, opacity: torch.Tensor, color: str, face_rgb: tuple[float, float, float]
-) -> list[float]:
-    """Share of face pixels (albedo ``face_rgb``) among the object's pixels, per view of
-    ``(V, S, S, 3)`` albedo renders on white with ``(V, S, S)`` opacity."""
-    a = opacity[..., None].clamp_min(1e-6)
-    rgb = (albedo - (1.0 - opacity[..., None])) / a  # un-premultiply (white background)
-    face, body = torch.tensor(face_rgb), torch.tensor(COLORS[color])
-    to_face = (rgb - face).norm(dim=-1)
-    is_face = (to_face < FACE_TOLERANCE) & (to_face < (rgb - body).norm(dim=-1))
-    mask = opacity > 0.5
-    counts = mask.flatten(1).sum(1).clamp_min(1)
-    return ((is_face & mask).flatten(1).sum(1) / counts).tolist()
-
-
-def true_head(color: str, world: WorldConfig) -> ToyScene:
-    """The ground truth of "a {color} head" in ``world``: its face in the world's colour."""
-    return single(color, "head", world.face_rgb)
-
-
-def faces(run: Run, field: torch.nn.Module, color: str, world: WorldConfig) -> list[float]:
-    """:func:`face_by_view` of ``field`` seen from toyworld's evaluation orbit, with
-    ``world``'s face colour."""
-    tw = toyworld()
-    views = tw.look(run, field, tw.EVAL_SIZE, run.config.seed, world)
-    return face_by_view(views.albedo, views.opacity, color, world.face_rgb)
 
 
 _PRIOR: list[Prior] = []
 
 
 def start_worker(weights: Path | None, base: GenerateConfig, threads: int) -> None:
+    """Initialise a worker process: its thread count and its own copy of the prior."""
     torch.set_num_threads(threads)
-    _PRIOR[:] = [toyworld().load_prior(weights, base)]
+    _PRIOR[:] = [load_prior(weights, base)]
 
 
 def run_job(job: Job) -> dict:
-    tw = toyworld()
-    _, views, timing = tw.distil(job.config, _PRIOR[0], tw.EVAL_SIZE)
+    """Distil ``job`` with this process's prior: its face share per orbit view, its time."""
+    _, views, timing = distil(job.config, _PRIOR[0], EVAL_SIZE)
     return {
         "label": job.label,
         "color": job.color,
         "seed": job.config.seed,
-        "face": face_by_view(
-            views.albedo, views.opacity, job.color, tw.world_of(_PRIOR[0]).face_rgb
-        ),
+        "face": face_by_view(views.albedo, views.opacity, job.color, world_of(_PRIOR[0]).face_rgb),
         "seconds": timing["distill_s"] + timing["eval_s"],
     }
 
@@ -163,12 +118,9 @@ def run(args: argparse.Namespace) -> int:
             prompted = replace(
                 base, prompt=f"a {c} head", perp_neg=args.perp_neg if perp_neg else 0.0
             )
-            jobs += [
-                Job(toyworld().method_config(prompted, method, s, base.steps), label, c)
-                for s in seeds
-            ]
-    prior = toyworld().load_prior(args.weights, base)
-    world = toyworld().world_of(prior)
+            jobs += [Job(method_config(prompted, method, s, base.steps), label, c) for s in seeds]
+    prior = load_prior(args.weights, base)
+    world = world_of(prior)
     truth_run = Run(base.resolved(), prior)
     truth = {c: faces(truth_run, true_head(c, world), c, world) for c in colors}
 

@@ -3,7 +3,9 @@
 Judges DDIM samples of the embedded prior (:mod:`cfd3d.priors.embedded`) without looking
 at any ground truth of the samples themselves. Every ground-truth render (the probe's data,
 the judges' checks) is made in the prior's own world (``EmbeddedPrior.world``: its
-cameras, its head's face colour), so a prior trained on another world is judged on it:
+cameras, its head's face colour), so a prior trained on another world is judged on it. The
+probe, the judges and the ground-truth renders are :mod:`cfd3d.evaluation.toyworld`'s
+(``classifier``, ``judges``, ``samples``); this script runs the plan:
 
 1. A probe classifier, a small CNN with a colour head (the 10 named colours) and a shape
    head (the 6 basic shapes), is trained only on ground-truth renders of single basic
@@ -65,455 +67,40 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from torch import nn
-from torch.nn import functional as F
 
 from cfd3d.cli import guarded
 from cfd3d.errors import UserError
+from cfd3d.evaluation.toyworld.classifier import (
+    PROBE_SEED,
+    probe_accuracy,
+    probe_data,
+    quantise,
+    train_probe,
+)
+from cfd3d.evaluation.toyworld.judges import (
+    FACE_COLORS,
+    FACE_SHARE,
+    RELATION_SPECS,
+    face_share,
+    judge_relation,
+    relation_prompt,
+    render_heads,
+    render_pairs,
+)
+from cfd3d.evaluation.toyworld.samples import judge_singles, prior_from_checkpoint, single_prompts
 from cfd3d.generate.config import preset_config
 from cfd3d.priors.embedded.commands import sample_images
 from cfd3d.priors.embedded.prior import EmbeddedPrior
-from cfd3d.priors.embedded.tokenizer import WordTokenizer
-from cfd3d.priors.embedded.unet import TinyUNet, UNetConfig
 from cfd3d.priors.embedded.weights import default_weights_path, weights_to_bytes
-from cfd3d.priors.embedded.world import (
-    BASIC_SHAPES,
-    WORLD_SHADING,
-    Item,
-    WorldConfig,
-    render_world,
-    vocabulary,
-    world_from_dict,
-)
-from cfd3d.scene.sampling import CameraSamplerConfig, ViewLabelConfig, sample_cameras
-from cfd3d.scene.toy import COLORS, RELATIONS, pair, single
 
 DEMO_GUIDANCE = preset_config("cpu-demo", "a red cube").guidance_scale
 """The guidance of the embedded prior's distillation preset: the main figures' scale."""
-
-COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
-PROBE_SHAPES: tuple[str, ...] = BASIC_SHAPES
 SWEEP_GUIDANCE: tuple[float, ...] = (1.0, 3.0, 7.5)
-PROBE_SEED = 1000
-"""Probe renders use seeds ``PROBE_SEED + 2 * seed`` (train) and ``+ 1`` (test); the
-prior's own training set is rendered with its ``--seed`` (0 for the shipped weights)."""
-
-RELATION_SPECS: tuple[tuple[str, str, str, str, str], ...] = (
-    ("red", "cube", "on", "blue", "sphere"),
-    ("yellow", "sphere", "on", "green", "cube"),
-    ("cyan", "cone", "on", "orange", "cylinder"),
-    ("pink", "sphere", "on", "blue", "torus"),
-    ("blue", "cube", "next_to", "yellow", "cylinder"),
-    ("green", "sphere", "next_to", "red", "cone"),
-    ("purple", "cylinder", "next_to", "cyan", "capsule"),
-    ("orange", "torus", "next_to", "blue", "sphere"),
-)
-"""(colour, shape, relation, colour, shape): the colours of a pair are far apart even when
-shaded (no red/pink, orange/brown, gray), so that the pixel segmentation can tell them."""
-
-VIEW_LABELS = ViewLabelConfig()
-"""The view phrases' sectors, as the toy world's captions use them."""
-FACE_COLORS: tuple[str, ...] = ("red", "blue", "green", "purple")
-"""Head colours of the face test: far from the face's own colour even when shaded."""
-FACE_SHARE = 0.1
-"""A head shows its face when the face colour explains at least this share of its pixels
-(ground truth from front-sector training cameras: 0.08-0.8, mostly 0.2-0.5; from the back
-sector: 0)."""
-
-FOREGROUND = 0.25
-"""A pixel is foreground when some channel is this far below the white background."""
-SHADE_RANGE = (0.3, 1.15)
-"""Brightness factors a shaded albedo may have (ambient 0.35 to fully lit, with slack)."""
-MAX_RESIDUAL = 0.2
-"""Pixels that no named colour explains better than this (RGB distance) are ignored."""
-MIN_PIXELS = 6
-"""Pixels a colour must cover to count as present (a pair's torus seen edge-on covers ~15)."""
-
-
-def single_prompts(n: int = 16) -> list[tuple[str, str]]:
-    """``n`` (colour, shape) prompts; 16 or more cover all colours and basic shapes, each
-    combination at most once (colours and shapes cycle with periods 10 and 6)."""
-    return [
-        (COLOR_NAMES[i % len(COLOR_NAMES)], BASIC_SHAPES[i % len(BASIC_SHAPES)]) for i in range(n)
-    ]
-
-
-def sector_cameras(world: WorldConfig, view: str) -> CameraSamplerConfig:
-    """The world's cameras restricted to the views its captions call ``view`` ("front" or
-    "back"): azimuth within the sector, elevation at most the overhead threshold."""
-    width = VIEW_LABELS.front_deg if view == "front" else VIEW_LABELS.back_deg
-    centre = 0.0 if view == "front" else 180.0
-    low, high = world.cameras.elevation_deg
-    high = min(high, VIEW_LABELS.overhead_deg)
-    return replace(
-        world.cameras,
-        azimuth_deg=(centre - width, centre + width),
-        elevation_deg=(min(low, high), high),
-    )
-
-
-def names_front(spec: tuple[str, str, str, str, str], world: WorldConfig) -> bool:
-    """Does the composition's prompt name the front view? Always for "next to" (defined
-    from the front); for "on" when the world's cameras reach overhead views, from which
-    "above" is not "higher in the image"."""
-    return spec[2] == "next_to" or world.cameras.elevation_deg[1] > VIEW_LABELS.overhead_deg
-
-
-def relation_prompt(spec: tuple[str, str, str, str, str], world: WorldConfig) -> str:
-    """The caption of a composition, with ", front view" where :func:`names_front`."""
-    return pair(*spec).caption() + (", front view" if names_front(spec, world) else "")
-
-
-# ----------------------------------------------------------------------------- the probe
-
-
-class Probe(nn.Module):
-    """A small CNN with a colour head and a shape head, on ``(B, 3, 32, 32)`` images in [0, 1]."""
-
-    def __init__(self) -> None:
-        super().__init__()
-
-        def block(c_in: int, c_out: int) -> nn.Sequential:
-            return nn.Sequential(
-                nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()
-            )
-
-        self.features = nn.Sequential(
-            block(3, 16),
-            nn.MaxPool2d(2),
-            block(16, 32),
-            block(32, 32),
-            nn.MaxPool2d(2),
-            block(32, 64),
-            block(64, 64),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
-        self.color = nn.Linear(64, len(COLOR_NAMES))
-        self.shape = nn.Linear(64, len(PROBE_SHAPES))
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, 10)`` colour and ``(B, 7)`` shape logits."""
-        h = self.features(images * 2.0 - 1.0)
-        return self.color(h), self.shape(h)
-
-
-@dataclass(frozen=True)
-class LabelledImages:
-    """Images with the probe's labels.
-
-    Attributes:
-        images: ``(N, 3, S, S)`` float in [0, 1].
-        color: ``(N,)`` index into :data:`COLOR_NAMES`.
-        shape: ``(N,)`` index into :data:`PROBE_SHAPES`.
-    """
-
-    images: torch.Tensor
-    color: torch.Tensor
-    shape: torch.Tensor
-
-
-def probe_labels(items: list[Item]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Colour and shape labels of single-primitive items."""
-    colors = [COLOR_NAMES.index(item.scene.primitives[0].color) for item in items]
-    shapes = [PROBE_SHAPES.index(item.scene.primitives[0].shape) for item in items]
-    return torch.tensor(colors), torch.tensor(shapes)
-
-
-def probe_data(n: int, seed: int, world: WorldConfig) -> LabelledImages:
-    """``n`` ground-truth renders of single basic shapes from ``world``."""
-    images, items = render_world(replace(world, p_head=0.0, p_pair=0.0), n, seed)
-    color, shape = probe_labels(items)
-    return LabelledImages(images.float() / 255.0, color, shape)
-
-
-def augment(images: torch.Tensor, gen: torch.Generator, shift: int = 3) -> torch.Tensor:
-    """Random mirror, shift by up to ``shift`` pixels (on white) and Gaussian noise up to
-    sigma 0.05, so that the probe tolerates the small flaws of generated images."""
-    b, _, h, w = images.shape
-    flip = torch.rand(b, generator=gen) < 0.5
-    images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-    padded = F.pad(images, (shift,) * 4, value=1.0)
-    dy, dx = torch.randint(0, 2 * shift + 1, (2, b), generator=gen)
-    images = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
-    sigma = 0.05 * torch.rand((b, 1, 1, 1), generator=gen)
-    return (images + sigma * torch.randn(images.shape, generator=gen)).clamp(0.0, 1.0)
-
-
-def train_probe(data: LabelledImages, epochs: int, seed: int, batch: int = 64) -> Probe:
-    """Adam on the sum of both heads' cross-entropies, cosine learning rate."""
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    probe = Probe()
-    n = data.images.shape[0]
-    steps = epochs * -(-n // batch)
-    optimiser = torch.optim.Adam(probe.parameters(), lr=3e-3)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
-    probe.train()
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        for first in range(0, n, batch):
-            index = order[first : first + batch]
-            color, shape = probe(augment(data.images[index], gen))
-            loss = F.cross_entropy(color, data.color[index]) + F.cross_entropy(
-                shape, data.shape[index]
-            )
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            scheduler.step()
-    return probe.eval()
-
-
-@torch.no_grad()
-def classify(probe: Probe, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(N,)`` colour and shape indices predicted for ``(N, 3, S, S)`` images in [0, 1]."""
-    colors, shapes = [], []
-    for first in range(0, images.shape[0], 256):
-        color, shape = probe(images[first : first + 256])
-        colors.append(color.argmax(-1))
-        shapes.append(shape.argmax(-1))
-    return torch.cat(colors), torch.cat(shapes)
-
-
-def probe_accuracy(probe: Probe, data: LabelledImages) -> tuple[float, float]:
-    """Colour and shape accuracy of ``probe`` on labelled images."""
-    color, shape = classify(probe, data.images)
-    return (
-        float((color == data.color).float().mean()),
-        float((shape == data.shape).float().mean()),
-    )
-
-
-# ------------------------------------------------------------------ the relation judge
-
-
-def shade_residual(images: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
-    """``(N, H, W, K)`` distance of every pixel from each of ``K`` albedos ``(K, 3)`` seen
-    as a shaded albedo: ``|p - k c|`` with the least-squares brightness ``k = <p, c> /
-    <c, c>`` clamped to :data:`SHADE_RANGE`, for ``(N, 3, H, W)`` images in [0, 1]."""
-    p = images.permute(0, 2, 3, 1)[..., None, :]  # (N, H, W, 1, 3)
-    k = ((p * palette).sum(-1) / (palette * palette).sum(-1)).clamp(*SHADE_RANGE)
-    return (p - k[..., None] * palette).norm(dim=-1)
-
-
-def segment(images: torch.Tensor) -> torch.Tensor:
-    """Label every pixel with the named colour that best explains it as a shaded albedo.
-
-    A lit toy-world pixel is ``k * albedo`` with ``k`` in ``[ambient, 1]``
-    (:data:`~cfd3d.priors.embedded.world.WORLD_SHADING`), on white. Each colour ``c`` is fit
-    by the least-squares brightness ``k = <p, c> / <c, c>`` (clamped to
-    :data:`SHADE_RANGE`); the pixel takes the colour with the smallest residual
-    ``|p - k c|``.
-
-    Args:
-        images: ``(N, 3, H, W)`` in [0, 1].
-
-    Returns:
-        ``(N, H, W)`` long: an index into :data:`COLOR_NAMES`, or -1 for background and
-        pixels no colour explains within :data:`MAX_RESIDUAL`.
-    """
-    palette = torch.tensor(list(COLORS.values()), dtype=images.dtype)  # (K, 3)
-    best, label = shade_residual(images, palette).min(dim=-1)
-    foreground = (1.0 - images).amax(dim=1) > FOREGROUND
-    return torch.where(foreground & (best < MAX_RESIDUAL), label, torch.full_like(label, -1))
-
-
-def judge_relation(images: torch.Tensor, color_a: str, relation: str, color_b: str) -> torch.Tensor:
-    """``(N,)`` bool: do the images show ``color_a`` ``relation`` ``color_b``?
-
-    Both colours must cover at least :data:`MIN_PIXELS` pixels; then for ``"on"`` the mean
-    row of ``color_a`` must lie above (smaller row) that of ``color_b``, for ``"next_to"``
-    its mean column to the left (smaller column).
-    """
-    if relation not in RELATIONS:
-        raise ValueError(f"unknown relation {relation!r}")
-    labels = segment(images)
-    n, h, w = labels.shape
-    rows = torch.arange(h, dtype=torch.float32)[None, :, None].expand(n, h, w)
-    cols = torch.arange(w, dtype=torch.float32)[None, None, :].expand(n, h, w)
-    coord = rows if relation == "on" else cols
-    centres, present = [], []
-    for name in (color_a, color_b):
-        mask = (labels == COLOR_NAMES.index(name)).float()
-        count = mask.sum(dim=(1, 2))
-        present.append(count >= MIN_PIXELS)
-        centres.append((coord * mask).sum(dim=(1, 2)) / count.clamp_min(1.0))
-    return present[0] & present[1] & (centres[0] < centres[1])
-
-
-def face_share(
-    images: torch.Tensor, color: str, face_rgb: tuple[float, float, float]
-) -> torch.Tensor:
-    """``(N,)`` share of a head's pixels showing its face, in ``(N, 3, H, W)`` images.
-
-    Every pixel is fit as a shaded albedo (as in :func:`segment`) by the head's colour and
-    by the face's (``face_rgb``, the world's); the head is the pixels the head's
-    colour explains best (within :data:`MAX_RESIDUAL`), the face the pixels the face colour
-    explains best among the pixels with head pixels on both sides along their row or their
-    column, so a pale face on a white background counts where the head surrounds it and
-    the background around a ball does not. 0 where the head covers fewer than
-    :data:`MIN_PIXELS` pixels.
-    """
-    palette = torch.tensor([COLORS[color], face_rgb], dtype=images.dtype)  # (2, 3)
-    best, label = shade_residual(images, palette).min(dim=-1)
-    explained = best < MAX_RESIDUAL
-    head = explained & (label == 0)
-
-    def between(mask: torch.Tensor, dim: int) -> torch.Tensor:
-        """Pixels with some ``mask`` pixel on both sides along ``dim``."""
-        before = mask.int().cummax(dim=dim).values.bool()
-        after = mask.flip(dim).int().cummax(dim=dim).values.bool().flip(dim)
-        return before & after
-
-    inside = between(head, 1) | between(head, 2)
-    face = explained & (label == 1) & inside
-    n_head, n_face = head.sum(dim=(1, 2)).float(), face.sum(dim=(1, 2)).float()
-    share = n_face / (n_head + n_face).clamp_min(1.0)
-    return torch.where(n_head >= MIN_PIXELS, share, torch.zeros_like(share))
-
-
-def render_heads(
-    colors: tuple[str, ...], views: int, seed: int, world: WorldConfig
-) -> tuple[torch.Tensor, ...]:
-    """Ground-truth renders in [0, 1] of a head of each colour with ``world``'s face, lit
-    like its images (its share in flat albedo): ``(len(colors) * views, 3, S, S)`` from its
-    front-view cameras and as many from its back-view ones, grouped by colour."""
-    from cfd3d.render.volume import RendererConfig, VolumeRenderer
-
-    renderer = VolumeRenderer(RendererConfig(n_samples=world.n_samples, shading=WORLD_SHADING))
-    gen = torch.Generator().manual_seed(seed)
-    out: dict[str, list[torch.Tensor]] = {"front": [], "back": []}
-    for color in colors:
-        for side in ("front", "back"):
-            camera = sample_cameras(sector_cameras(world, side), views, gen)
-            for i in range(views):
-                albedo = float(torch.rand((), generator=gen)) < world.p_albedo
-                with torch.no_grad():
-                    rgb = renderer(
-                        single(color, "head", world.face_rgb),
-                        camera[i : i + 1],
-                        world.image_size,
-                        world.image_size,
-                        shading="albedo" if albedo else "diffuse",
-                        generator=gen,
-                    ).rgb
-                out[side].append(quantise(rgb.permute(0, 3, 1, 2)))
-    return torch.cat(out["front"]), torch.cat(out["back"])
-
-
-def render_pairs(
-    specs: tuple[tuple[str, str, str, str, str], ...], views: int, seed: int, world: WorldConfig
-) -> torch.Tensor:
-    """``(len(specs) * views, 3, S, S)`` ground-truth renders in [0, 1] of each pair, from
-    ``world``'s cameras (its front-view ones where the prompt names the front view, see
-    :func:`names_front`), lit like its images (its share in flat albedo), grouped by spec."""
-    from cfd3d.render.volume import RendererConfig, VolumeRenderer
-
-    renderer = VolumeRenderer(RendererConfig(n_samples=world.n_samples, shading=WORLD_SHADING))
-    gen = torch.Generator().manual_seed(seed)
-    size = world.image_size
-    out = []
-    for spec in specs:
-        cameras = sector_cameras(world, "front") if names_front(spec, world) else world.cameras
-        camera = sample_cameras(cameras, views, gen)
-        for i in range(views):
-            albedo = float(torch.rand((), generator=gen)) < world.p_albedo
-            with torch.no_grad():
-                rgb = renderer(
-                    pair(*spec),
-                    camera[i : i + 1],
-                    size,
-                    size,
-                    shading="albedo" if albedo else "diffuse",
-                    generator=gen,
-                ).rgb
-            out.append((rgb.clamp(0, 1) * 255).round().permute(0, 3, 1, 2) / 255.0)
-    return torch.cat(out)
-
-
-# ------------------------------------------------------------------------ the prior
-
-
-def prior_from_checkpoint(path: Path) -> tuple[EmbeddedPrior, int]:
-    """The EMA model of a ``cfd3d train-prior`` checkpoint (for judging a run in progress),
-    with the world it is trained on (the first world for checkpoints that do not say), and
-    its step."""
-    if not path.is_file():
-        raise UserError(
-            f"training checkpoint '{path}' not found; pass the --work folder's checkpoint.pt"
-        )
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    unet = dict(state["config"]["unet"])
-    unet["channels"] = tuple(unet["channels"])
-    unet["attention_levels"] = tuple(unet.get("attention_levels", ()))
-    config = UNetConfig(**unet)
-    model = TinyUNet(config)
-    model.load_state_dict(state["ema"])
-    model.eval().requires_grad_(False)
-    data = state.get("data") or {}
-    world = world_from_dict(data["world"]) if "world" in data else None
-    tokenizer = WordTokenizer(vocabulary(), config.max_tokens)
-    return EmbeddedPrior(model, tokenizer, world=world), int(state["step"])
-
-
-def quantise(images: torch.Tensor) -> torch.Tensor:
-    """Round [0, 1] images to 8 bits, as a saved sample would be."""
-    return (images.clamp(0, 1) * 255).round() / 255.0
-
-
-@dataclass(frozen=True)
-class SingleScores:
-    """The probe's verdict on samples of single-object prompts.
-
-    Attributes:
-        color_acc: fraction of samples whose colour is the prompt's.
-        shape_acc: fraction of samples whose shape is the prompt's.
-        n: number of samples.
-        per_prompt: prompt -> [colour accuracy, shape accuracy].
-        seconds: wall time of each prompt's sampling.
-    """
-
-    color_acc: float
-    shape_acc: float
-    n: int
-    per_prompt: dict[str, list[float]]
-    seconds: list[float]
-
-
-def judge_singles(
-    prior: EmbeddedPrior,
-    probe: Probe,
-    prompts: list[tuple[str, str]],
-    samples: int,
-    guidance: float,
-    steps: int,
-    seed: int,
-) -> SingleScores:
-    """Judge ``samples`` DDIM samples of each "a {colour} {shape}" prompt with the probe."""
-    color_hits, shape_hits, seconds, per_prompt = [], [], [], {}
-    for index, (color, shape) in enumerate(prompts):
-        prompt = f"a {color} {shape}"
-        tic = time.perf_counter()
-        images = sample_images(prior, prompt, samples, guidance, steps, seed * 1000 + index)
-        seconds.append(time.perf_counter() - tic)
-        got_color, got_shape = classify(probe, quantise(images))
-        hit_c = (got_color == COLOR_NAMES.index(color)).float()
-        hit_s = (got_shape == PROBE_SHAPES.index(shape)).float()
-        color_hits.append(hit_c)
-        shape_hits.append(hit_s)
-        per_prompt[prompt] = [round(float(hit_c.mean()), 3), round(float(hit_s.mean()), 3)]
-    return SingleScores(
-        color_acc=round(float(torch.cat(color_hits).mean()), 4),
-        shape_acc=round(float(torch.cat(shape_hits).mean()), 4),
-        n=samples * len(prompts),
-        per_prompt=per_prompt,
-        seconds=seconds,
-    )
+"""The guidance scales of ``by_guidance``."""
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,170 @@
+"""The probe: a small CNN that names the colour and the shape of a toy-world image.
+
+It is trained only on ground-truth renders of single basic shapes from a prior's toy world
+(:func:`probe_data`, :func:`train_probe`) and then judges images it has never seen: the
+prior's own samples (``benchmarks/toy_prior.py``) and the renders of distilled results
+(``benchmarks/toyworld.py``, where its features also feed probe FID and probe CLIP,
+:mod:`cfd3d.evaluation.probe`). Heads are left out of its data: seen from behind a head
+is a sphere, and from the side its face is a sliver a 32-pixel probe cannot be held to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from cfd3d.priors.embedded.world import BASIC_SHAPES, Item, WorldConfig, render_world
+from cfd3d.scene.toy import COLORS
+
+COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
+"""The colour head's classes, in order."""
+PROBE_SHAPES: tuple[str, ...] = BASIC_SHAPES
+"""The shape head's classes, in order."""
+PROBE_SIZE = 32
+"""The probe's image size (the toy world's)."""
+PROBE_SEED = 1000
+"""Probe renders use seeds ``PROBE_SEED + 2 * seed`` (train) and ``+ 1`` (test); the
+prior's own training set is rendered with its ``--seed`` (0 for the shipped weights)."""
+
+
+class Probe(nn.Module):
+    """A small CNN with a colour head and a shape head, on ``(B, 3, 32, 32)`` images in [0, 1]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        def block(c_in: int, c_out: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()
+            )
+
+        self.features = nn.Sequential(
+            block(3, 16),
+            nn.MaxPool2d(2),
+            block(16, 32),
+            block(32, 32),
+            nn.MaxPool2d(2),
+            block(32, 64),
+            block(64, 64),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.color = nn.Linear(64, len(COLOR_NAMES))
+        self.shape = nn.Linear(64, len(PROBE_SHAPES))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, 10)`` colour and ``(B, 6)`` shape logits."""
+        h = self.features(images * 2.0 - 1.0)
+        return self.color(h), self.shape(h)
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """Images with the probe's labels.
+
+    Attributes:
+        images: ``(N, 3, S, S)`` float in [0, 1].
+        color: ``(N,)`` index into :data:`COLOR_NAMES`.
+        shape: ``(N,)`` index into :data:`PROBE_SHAPES`.
+    """
+
+    images: torch.Tensor
+    color: torch.Tensor
+    shape: torch.Tensor
+
+
+def probe_labels(items: list[Item]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Colour and shape labels of single-primitive items."""
+    colors = [COLOR_NAMES.index(item.scene.primitives[0].color) for item in items]
+    shapes = [PROBE_SHAPES.index(item.scene.primitives[0].shape) for item in items]
+    return torch.tensor(colors), torch.tensor(shapes)
+
+
+def probe_data(n: int, seed: int, world: WorldConfig) -> LabelledImages:
+    """``n`` ground-truth renders of single basic shapes from ``world``."""
+    images, items = render_world(replace(world, p_head=0.0, p_pair=0.0), n, seed)
+    color, shape = probe_labels(items)
+    return LabelledImages(images.float() / 255.0, color, shape)
+
+
+def augment(images: torch.Tensor, gen: torch.Generator, shift: int = 3) -> torch.Tensor:
+    """Random mirror, shift by up to ``shift`` pixels (on white) and Gaussian noise up to
+    sigma 0.05, so that the probe tolerates the small flaws of generated images."""
+    b, _, h, w = images.shape
+    flip = torch.rand(b, generator=gen) < 0.5
+    images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+    padded = F.pad(images, (shift,) * 4, value=1.0)
+    dy, dx = torch.randint(0, 2 * shift + 1, (2, b), generator=gen)
+    images = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
+    sigma = 0.05 * torch.rand((b, 1, 1, 1), generator=gen)
+    return (images + sigma * torch.randn(images.shape, generator=gen)).clamp(0.0, 1.0)
+
+
+def train_probe(data: LabelledImages, epochs: int, seed: int, batch: int = 64) -> Probe:
+    """Adam on the sum of both heads' cross-entropies, cosine learning rate."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    probe = Probe()
+    n = data.images.shape[0]
+    steps = epochs * -(-n // batch)
+    optimiser = torch.optim.Adam(probe.parameters(), lr=3e-3)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
+    probe.train()
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        for first in range(0, n, batch):
+            index = order[first : first + batch]
+            color, shape = probe(augment(data.images[index], gen))
+            loss = F.cross_entropy(color, data.color[index]) + F.cross_entropy(
+                shape, data.shape[index]
+            )
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+    return probe.eval()
+
+
+@torch.no_grad()
+def classify(probe: Probe, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N,)`` colour and shape indices predicted for ``(N, 3, S, S)`` images in [0, 1]."""
+    colors, shapes = [], []
+    for first in range(0, images.shape[0], 256):
+        color, shape = probe(images[first : first + 256])
+        colors.append(color.argmax(-1))
+        shapes.append(shape.argmax(-1))
+    return torch.cat(colors), torch.cat(shapes)
+
+
+def probe_accuracy(probe: Probe, data: LabelledImages) -> tuple[float, float]:
+    """Colour and shape accuracy of ``probe`` on labelled images."""
+    color, shape = classify(probe, data.images)
+    return (
+        float((color == data.color).float().mean()),
+        float((shape == data.shape).float().mean()),
+    )
+
+
+def quantise(images: torch.Tensor) -> torch.Tensor:
+    """Round [0, 1] images to 8 bits, as a saved sample would be."""
+    return (images.clamp(0, 1) * 255).round() / 255.0
+
+
+def class_names(missing: str) -> tuple[str, ...]:
+    """The probe's classes of an attribute: :data:`COLOR_NAMES` for ``"color"``,
+    :data:`PROBE_SHAPES` for ``"shape"``."""
+    return COLOR_NAMES if missing == "color" else PROBE_SHAPES
+
+
+def classify_missing(probe: torch.nn.Module, images: torch.Tensor, missing: str) -> torch.Tensor:
+    """``(N,)`` class index of the missing attribute for ``(N, 3, 32, 32)`` images."""
+    color, shape = classify(probe, images)
+    return color if missing == "color" else shape
+
+
+def majority(labels: torch.Tensor, n_classes: int) -> int:
+    """The most frequent label (the smallest index on a tie)."""
+    return int(torch.bincount(labels, minlength=n_classes).argmax())

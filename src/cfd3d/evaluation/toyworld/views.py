@@ -1,0 +1,247 @@
+"""An object seen by the toy-world evaluation, and the measures on what is seen.
+
+:func:`look` renders a distilled field or a ground-truth scene (:func:`truth_scene`) into
+:class:`Views`: albedo and opacity from the evaluation orbit
+(:mod:`cfd3d.evaluation.toyworld.setting`), headlit renders for the probe, views drawn as
+the prior's training images are (:func:`world_views`) and the figure's tile. On them:
+:func:`mask_iou`, :func:`mean_color`, :func:`diversity` and the head's :func:`face_by_view`;
+on the exported mesh, :func:`mesh_iou`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cfd3d.errors import UserError
+from cfd3d.evaluation.toyworld.composition import (
+    Composed,
+    colour_centroids,
+    colour_pixels,
+    object_crops,
+)
+from cfd3d.evaluation.toyworld.prompts import Composition, Prompt
+from cfd3d.evaluation.toyworld.setting import (
+    ALBEDO,
+    EVAL_SIZE,
+    HEADLIGHT,
+    MESH_IOU_RESOLUTION,
+    WORLD_VIEW_SEED,
+    WORLD_VIEWS,
+    evaluation_cameras,
+)
+from cfd3d.export.mesh import occupancy_grid, volumetric_iou
+from cfd3d.export.video import to_uint8
+from cfd3d.generate.outputs import run_mesh
+from cfd3d.generate.run import Run
+from cfd3d.priors.base import Prior
+from cfd3d.priors.embedded.prior import EmbeddedPrior
+from cfd3d.priors.embedded.world import WORLD_SHADING, WorldConfig
+from cfd3d.render import ShadingConfig, SolidBackground
+from cfd3d.scene.cameras import Cameras
+from cfd3d.scene.gaussians import GaussianField
+from cfd3d.scene.sampling import sample_cameras
+from cfd3d.scene.toy import COLORS, ToyScene, single
+
+
+@dataclass(frozen=True)
+class Views:
+    """One object seen from the evaluation cameras.
+
+    Attributes:
+        albedo: ``(V, S, S, 3)`` albedo renders on white, ``S`` = :data:`EVAL_SIZE`.
+        opacity: ``(V, S, S)`` opacity.
+        probe: ``(V, 3, 32, 32)`` headlit renders at the world's size, 8-bit quantised.
+        world: ``(W, 3, 32, 32)`` renders drawn as the prior's training images are (its
+            cameras, lighting and share of flat albedo; :func:`world_views`), 8-bit
+            quantised: what the probe metrics compare with the prior's own samples.
+        figure: ``(F, F, 3)`` uint8 headlit front-right view.
+        composed: what the composition judge reads (compositions only).
+    """
+
+    albedo: torch.Tensor
+    opacity: torch.Tensor
+    probe: torch.Tensor
+    world: torch.Tensor
+    figure: np.ndarray
+    composed: Composed | None = None
+
+
+def renderer_for(run: Run, field: object):
+    """The run's rasteriser for its Gaussians, its volume renderer for anything else (a
+    voxel grid, a NeRF, a ground-truth scene)."""
+    if isinstance(field, GaussianField) and run.splatter is not None:
+        return run.splatter
+    return run.renderer
+
+
+def world_of(prior: Prior) -> WorldConfig:
+    """The toy world ``prior`` was trained on.
+
+    Raises:
+        UserError: ``prior`` is not the embedded prior (the only one with a toy world).
+    """
+    if not isinstance(prior, EmbeddedPrior):
+        raise UserError("toyworld.py distils the embedded prior; pass its --weights")
+    return prior.world
+
+
+@torch.no_grad()
+def world_views(run: Run, field: torch.nn.Module, seed: int, world: WorldConfig) -> torch.Tensor:
+    """``(WORLD_VIEWS, 3, 32, 32)`` renders of ``field`` made the way ``world`` makes the
+    prior's training images (:func:`cfd3d.priors.embedded.world.render_world`): cameras
+    from its camera distribution, the toy world's random point light, flat albedo in its
+    share of images, on white; quantised to 8 bits as the prior's samples are.
+
+    The probe metrics compare these with the prior's samples, so both sides are single
+    images drawn alike; deterministic for a ``seed``.
+    """
+    gen = torch.Generator().manual_seed(WORLD_VIEW_SEED + seed)
+    cameras = sample_cameras(world.cameras, WORLD_VIEWS, gen)
+    albedo = torch.rand(WORLD_VIEWS, generator=gen) < world.p_albedo
+    out = torch.empty((WORLD_VIEWS, 3, 32, 32))
+    for flat, shading in ((False, WORLD_SHADING), (True, ALBEDO)):
+        index = (albedo == flat).nonzero()[:, 0]
+        if len(index) == 0:
+            continue
+        rgb = renderer_for(run, field)(
+            field,
+            cameras[index].to(run.device),
+            32,
+            32,
+            shading=shading,
+            background=SolidBackground(),
+            generator=torch.Generator(run.device).manual_seed(WORLD_VIEW_SEED + seed),
+        ).rgb
+        out[index] = rgb.clamp(0, 1).permute(0, 3, 1, 2).cpu()
+    return (out * 255).round() / 255.0
+
+
+@torch.no_grad()
+def look(
+    run: Run,
+    field: torch.nn.Module,
+    size: int,
+    seed: int,
+    world: WorldConfig,
+    composition: Composition | None = None,
+) -> Views:
+    """Render ``field`` (the run's, or a ground-truth scene) with the run's renderer;
+    ``seed`` chooses the world views' cameras (:func:`world_views`); for a ``composition``
+    also what its judge reads (:class:`Composed`)."""
+    cameras, figure_camera = evaluation_cameras()
+    device = run.device
+    white = SolidBackground()
+
+    def render(cams: Cameras, px: int, shading: ShadingConfig):
+        renderer = renderer_for(run, field)
+        return renderer(field, cams.to(device), px, px, shading=shading, background=white)
+
+    albedo = render(cameras, size, ALBEDO)
+    probe = render(cameras, 32, HEADLIGHT).rgb.clamp(0, 1).permute(0, 3, 1, 2)
+    probe = ((probe * 255).round() / 255.0).cpu()
+    figure = render(figure_camera, size, HEADLIGHT).rgb
+    composed = None
+    if composition is not None:
+        shaded = render(cameras, size, HEADLIGHT).rgb.clamp(0, 1).permute(0, 3, 1, 2).cpu()
+        composed = Composed(
+            pixels=colour_pixels(probe, composition.colors),
+            crops=object_crops((shaded * 255).round() / 255.0, composition.colors),
+            centroids=colour_centroids(
+                field, composition.colors, run.config.field_bound, run.device
+            ),
+        )
+    return Views(
+        albedo=albedo.rgb.clamp(0, 1).cpu(),
+        opacity=albedo.opacity[..., 0].cpu(),
+        probe=probe,
+        world=world_views(run, field, seed, world),
+        figure=to_uint8(figure.cpu())[0],
+        composed=composed,
+    )
+
+
+def mask_iou(views: Views, truth: Views) -> float:
+    """IoU of opacity > 0.5, pooled over the orbit's pixels."""
+    a, b = views.opacity > 0.5, truth.opacity > 0.5
+    union = int((a | b).sum())
+    return float((a & b).sum()) / union if union else 1.0
+
+
+def mean_color(views: Views) -> torch.Tensor | None:
+    """``(3,)`` mean albedo over the object's mask (opacity > 0.5), or ``None`` if empty.
+
+    A render on white is ``c_premultiplied + (1 - a)``, so the albedo is
+    ``(rgb - (1 - a)) / a``.
+    """
+    a = views.opacity[..., None]
+    mask = views.opacity > 0.5
+    if not bool(mask.any()):
+        return None
+    albedo = (views.albedo - (1.0 - a)) / a.clamp_min(1e-6)
+    return albedo[mask].mean(dim=0)
+
+
+def diversity(views: list[Views]) -> float:
+    """Mean pairwise RMS distance between the albedo orbit renders (0 for one result)."""
+    pairs = list(itertools.combinations(views, 2))
+    if not pairs:
+        return 0.0
+    return float(np.mean([float((a.albedo - b.albedo).square().mean().sqrt()) for a, b in pairs]))
+
+
+def truth_scene(prompt: Prompt | Composition, world: WorldConfig) -> ToyScene:
+    """The ground truth of a fully named prompt in ``world`` (a head wears its face)."""
+    if isinstance(prompt, Composition):
+        return prompt.scene()
+    return single(str(prompt.color), str(prompt.shape), world.face_rgb)
+
+
+def mesh_iou(run: Run, truth: ToyScene) -> float:
+    """Volumetric IoU at :data:`MESH_IOU_RESOLUTION`³ between the mesh that ``cfd3d
+    generate`` would export for ``run`` and the ground-truth solid (0 without a mesh)."""
+    mesh, _ = run_mesh(run)
+    if mesh is None:
+        return 0.0
+    bound = run.config.field_bound
+    truth = truth.occupancy(MESH_IOU_RESOLUTION, bound)
+    return volumetric_iou(occupancy_grid(mesh, MESH_IOU_RESOLUTION, bound), truth)
+
+
+FACE_TOLERANCE = 0.2
+"""Largest RGB distance from the face colour of a pixel counted as face."""
+
+
+def true_head(color: str, world: WorldConfig) -> ToyScene:
+    """The ground truth of "a {color} head" in ``world``: its face in the world's colour."""
+    return single(color, "head", world.face_rgb)
+
+
+def face_by_view(
+    albedo: torch.Tensor, opacity: torch.Tensor, color: str, face_rgb: tuple[float, float, float]
+) -> list[float]:
+    """Share of face pixels (albedo ``face_rgb``) among the object's pixels, per view of
+    ``(V, S, S, 3)`` albedo renders on white with ``(V, S, S)`` opacity.
+
+    A pixel is face when its un-premultiplied albedo is nearer ``face_rgb`` than the
+    head's ``color`` and within :data:`FACE_TOLERANCE` of it; the object's pixels are
+    those with opacity > 0.5.
+    """
+    a = opacity[..., None].clamp_min(1e-6)
+    rgb = (albedo - (1.0 - opacity[..., None])) / a  # un-premultiply (white background)
+    face, body = torch.tensor(face_rgb), torch.tensor(COLORS[color])
+    to_face = (rgb - face).norm(dim=-1)
+    is_face = (to_face < FACE_TOLERANCE) & (to_face < (rgb - body).norm(dim=-1))
+    mask = opacity > 0.5
+    counts = mask.flatten(1).sum(1).clamp_min(1)
+    return ((is_face & mask).flatten(1).sum(1) / counts).tolist()
+
+
+def faces(run: Run, field: torch.nn.Module, color: str, world: WorldConfig) -> list[float]:
+    """:func:`face_by_view` of ``field`` seen from the evaluation orbit, with ``world``'s
+    face colour."""
+    views = look(run, field, EVAL_SIZE, run.config.seed, world)
+    return face_by_view(views.albedo, views.opacity, color, world.face_rgb)

@@ -1,0 +1,48 @@
+"""cfd3d.evaluation.toyworld.composition: the judge of two-object results."""
+
+import torch
+
+from cfd3d.evaluation.toyworld.composition import relation_holds
+from cfd3d.evaluation.toyworld.judges import FOREGROUND, MIN_PIXELS
+from cfd3d.evaluation.toyworld.prompts import COMPOSITIONS, parse_composition
+from cfd3d.evaluation.toyworld.setting import HEADLIGHT, evaluation_cameras
+from cfd3d.evaluation.toyworld.views import look
+from cfd3d.priors.embedded.world import WorldConfig
+from cfd3d.render import SolidBackground
+from cfd3d.scene.toy import COLORS, single
+
+
+def test_the_composition_judge_passes_the_truth_and_refuses_the_swap_and_a_smear(shipped_run):
+    run, world = shipped_run, WorldConfig()
+    front = evaluation_cameras()[0][0:1]  # the orbit's first view, as the crops'
+    for text in COMPOSITIONS:
+        c = parse_composition(text)
+        composed = look(run, c.scene(), 64, 100, world, c).composed
+        visible = composed.pixels >= MIN_PIXELS
+        assert bool((visible.sum(dim=1) * 2 >= visible.shape[1]).all()), text
+        assert relation_holds(composed.centroids, c.relation), text
+        assert not relation_holds(composed.centroids.flip(0), c.relation), text
+        # each object's crop is the single object as the probe sees it: re-centred, its size
+        for k in range(2):
+            alone = (
+                run.renderer(
+                    single(c.colors[k], c.shapes[k]),
+                    front,
+                    32,
+                    32,
+                    shading=HEADLIGHT,
+                    background=SolidBackground(),
+                )
+                .rgb[0]
+                .permute(2, 0, 1)
+            )
+            crop = composed.crops[k, 0]
+            a, b = (1 - crop).amax(0) > FOREGROUND, (1 - alone).amax(0) > FOREGROUND
+            assert float((a & b).sum() / (a | b).sum()) >= 0.6, (text, k)
+    # one ball in two colours (a head whose face is blue): both colours, no relation
+    smear = parse_composition("a red sphere on top of a blue sphere")
+    ball = single("red", "head", COLORS["blue"])
+    composed = look(run, ball, 32, 100, world, smear).composed
+    assert not relation_holds(composed.centroids, "on")
+    assert not relation_holds(composed.centroids, "next_to")
+    assert not torch.isnan(composed.centroids).any()

@@ -1,0 +1,92 @@
+"""cfd3d.evaluation.toyworld.views: the measures on what the evaluation sees, and what it sees."""
+
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from cfd3d.evaluation.toyworld.views import (
+    WORLD_VIEWS,
+    diversity,
+    face_by_view,
+    mask_iou,
+    mean_color,
+    world_of,
+    world_views,
+)
+from cfd3d.priors.embedded.prior import EmbeddedPrior
+from cfd3d.priors.embedded.unet import TinyUNet, UNetConfig
+from cfd3d.priors.embedded.weights import write_weights
+from cfd3d.priors.embedded.world import WorldConfig, vocabulary
+from cfd3d.scene.sampling import CameraSamplerConfig
+from cfd3d.scene.toy import COLORS, FACE_RGB, single
+
+
+def test_iou_colour_and_diversity_on_synthetic_views(flat_views):
+    full = torch.zeros(2, 8, 8)
+    full[:, 2:6, 2:6] = 1.0  # 32 pixels
+    half = torch.zeros(2, 8, 8)
+    half[:, 2:6, 2:4] = 0.8  # 16 of them, partly transparent
+    red = torch.tensor(COLORS["red"])
+    truth, guess = flat_views(full, red), flat_views(half, red)
+    assert mask_iou(guess, truth) == pytest.approx(0.5)
+    assert mask_iou(truth, truth) == 1.0
+    assert torch.allclose(mean_color(guess), red, atol=1e-6)  # un-premultiplied
+    assert mean_color(flat_views(torch.zeros(2, 8, 8), red)) is None
+    assert diversity([truth]) == 0.0
+    assert diversity([truth, truth]) == 0.0
+    assert diversity([truth, guess]) > 0.0
+
+
+def test_world_views_are_drawn_like_the_worlds_images_and_fixed_by_the_seed(shipped_run):
+    run = shipped_run
+    world = world_of(run.prior)
+    assert world == WorldConfig()
+    scene = single("red", "cube")
+    a, b = world_views(run, scene, 100, world), world_views(run, scene, 100, world)
+    c = world_views(run, scene, 101, world)
+    assert a.shape == (WORLD_VIEWS, 3, 32, 32) and torch.equal(a, b)
+    assert not torch.equal(a, c)  # another seed: other cameras
+    assert torch.equal((a * 255).round() / 255, a)  # 8-bit, as the prior's samples
+    # the object is in every view, on white, lit differently from view to view
+    covered = (a < 0.98).any(dim=1).float().mean(dim=(1, 2))
+    assert bool((covered > 0.05).all()) and bool((covered < 0.9).all())
+    assert float(a.mean(dim=(1, 2, 3)).std()) > 0.0
+
+
+def test_a_prior_of_another_world_is_seen_from_its_cameras(tmp_path, shipped_run):
+    overhead = WorldConfig(
+        cameras=CameraSamplerConfig(elevation_deg=(80.0, 90.0), fovy_deg=(50.0, 50.0)),
+        p_albedo=1.0,
+    )
+    torch.manual_seed(0)
+    config = UNetConfig(channels=(16, 32), text_width=32, vocab_size=len(vocabulary()) + 1)
+    path = tmp_path / "embedded_prior.safetensors"
+    metadata = {"vocabulary": list(vocabulary()), "world_config": asdict(overhead)}
+    write_weights(TinyUNet(config), metadata, path)
+    prior = EmbeddedPrior.load(path)
+    assert world_of(prior) == overhead
+    scene = single("red", "cylinder")
+    seen = world_views(shipped_run, scene, 100, world_of(prior))
+    first = world_views(shipped_run, scene, 100, WorldConfig())
+    assert not torch.equal(seen, first)
+    # from above a cylinder is a disc: a square's worth of its bounding box is covered
+    mask = (seen < 0.9).any(dim=1)
+    rows, cols = mask.any(dim=2).sum(dim=1).float(), mask.any(dim=1).sum(dim=1).float()
+    assert bool(((rows - cols).abs() <= 2).all())
+    # flat albedo in all of this world's views: one colour, no shading
+    red = torch.tensor(COLORS["red"])[None, :, None]
+    inside = seen.flatten(2)[:, :, mask.flatten(1)[0]]
+    assert bool(((inside - red).abs() < 0.02).float().mean() > 0.8)
+
+
+def test_face_share_counts_face_coloured_object_pixels_only():
+    face, red = torch.tensor(FACE_RGB), torch.tensor(COLORS["red"])
+    albedo = torch.ones(2, 4, 4, 3)  # white background
+    opacity = torch.zeros(2, 4, 4)
+    opacity[:, :2] = 1.0  # 8 object pixels per view
+    albedo[0, :2] = red
+    albedo[0, 0, :2] = face  # view 0: 2 of its 8 object pixels show the face
+    albedo[1, :2] = red  # view 1: no face
+    assert face_by_view(albedo, opacity, "red", FACE_RGB) == pytest.approx([0.25, 0.0])
+    assert face_by_view(albedo, opacity, "red", (0.06, 0.06, 0.08)) == [0.0, 0.0]
