@@ -60,11 +60,13 @@ def connect(workers: int = 1, scheduler: str | None = None, timeout: float = 10.
 
     # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers, which makes glibc give
     # freed memory back at once: torch's allocations then fault their pages in again and a
-    # run takes twice as long (measured: 56 s against 28 s). Leave glibc's own policy; and
-    # no statistical profiler sampling the run's thread every 10 ms.
+    # run takes twice as long (measured: 56 s against 28 s). Leave glibc's own policy; no
+    # statistical profiler sampling the run's thread every 10 ms.
     settings = {
         "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
         "distributed.worker.profile.enabled": False,
+        # a run per worker thread, the rest queued on the scheduler until a thread frees
+        "distributed.scheduler.worker-saturation": 1.0,
     }
     with (
         dask.config.set(settings),
@@ -125,7 +127,10 @@ def run_plan(
             spec,
             str(root),
             threads,
-            key=f"cfd3d-run-{spec.folder_name()}",
+            # One task group for every run ("cfd3d-run-<hex>"): Dask then holds them in
+            # its queue and hands each to the next free worker, instead of assigning small
+            # per-prompt groups to workers up front (which left a worker idle).
+            key=f"cfd3d-run-{spec.digest()}",
             retries=retries,
             resources=resources,
             pure=False,

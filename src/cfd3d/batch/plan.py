@@ -74,12 +74,15 @@ class RunSpec:
         """The canonical JSON of the run: what names its folder."""
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
+    def digest(self) -> str:
+        """10 hex digits of the hash of :meth:`key`: unique per run."""
+        return hashlib.sha256(self.key().encode("utf-8")).hexdigest()[:10]
+
     def folder_name(self) -> str:
         """``<slug>-<10 hex digits>``: readable, unique per run, stable across reruns."""
         words = re.findall(r"[a-z0-9]+", self.prompt.lower())
         slug = "-".join(words)[:40].strip("-") or "run"
-        digest = hashlib.sha256(self.key().encode("utf-8")).hexdigest()[:10]
-        return f"{slug}-{digest}"
+        return f"{slug}-{self.digest()}"
 
     def config(self) -> GenerateConfig:
         """The resolved config of a single run (not of a pipeline); config errors raise
