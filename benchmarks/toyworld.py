@@ -631,13 +631,14 @@ def run(args: argparse.Namespace) -> int:
         done += 1
         finish(done, i, cached[i])
     todo = [i for i in range(len(jobs)) if i not in cached]
+    # Methods and fields interleaved so that all advance together, and a change in the
+    # machine's load weighs on every row's wall time (and the Gaussians/voxel ratio) alike.
+    order = sorted(todo, key=lambda i: (i % len(plan), i // len(plan)))
     if args.jobs == 1:
-        for i in todo:
+        for i in order:
             done += 1
             finish(done, i, run_job(jobs[i], prior))
     else:
-        # Workers of one thread each, methods interleaved so that all advance together.
-        order = sorted(todo, key=lambda i: (i % len(plan), i // len(plan)))
         with ProcessPoolExecutor(
             args.jobs,
             mp_context=multiprocessing.get_context("spawn"),
@@ -648,9 +649,8 @@ def run(args: argparse.Namespace) -> int:
             for future in as_completed(futures):
                 done += 1
                 finish(done, futures[future], future.result())
-    if args.jobs != 1 or cached:
-        rank = {(job_row(j), j.prompt.text, j.seed): i for i, j in enumerate(jobs)}
-        results.sort(key=lambda r: rank[(r.method.split(":")[0], r.prompt.text, r.seed)])
+    rank = {(job_row(j), j.prompt.text, j.seed): i for i, j in enumerate(jobs)}
+    results.sort(key=lambda r: rank[(r.method.split(":")[0], r.prompt.text, r.seed)])
 
     result: dict = {
         m: summarise(
