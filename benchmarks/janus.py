@@ -111,6 +111,10 @@ def run(args: argparse.Namespace) -> int:
         base = replace(base, steps=3)
     elif args.steps is not None:
         base = replace(base, steps=args.steps)
+    prior = load_prior(args.weights, base)
+    world = world_of(prior)
+    if args.weights is not None:  # the preset has the shipped prior's training cameras
+        base = replace(base, cameras=world.cameras)
     jobs = []
     for label in args.configs:
         method, perp_neg = parse_label(label)
@@ -119,8 +123,6 @@ def run(args: argparse.Namespace) -> int:
                 base, prompt=f"a {c} head", perp_neg=args.perp_neg if perp_neg else 0.0
             )
             jobs += [Job(method_config(prompted, method, s, base.steps), label, c) for s in seeds]
-    prior = load_prior(args.weights, base)
-    world = world_of(prior)
     truth_run = Run(base.resolved(), prior)
     truth = {c: faces(truth_run, true_head(c, world), c, world) for c in colors}
 

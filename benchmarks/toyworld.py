@@ -514,6 +514,8 @@ def run(args: argparse.Namespace) -> int:
     ]
     prior = load_prior(args.weights, base)
     world = world_of(prior)
+    # The presets distil with the shipped prior's training cameras; other weights, theirs.
+    cameras = None if args.weights is None else world.cameras
     if args.weights is not None:
         weights = str(args.weights)
     else:
@@ -572,7 +574,7 @@ def run(args: argparse.Namespace) -> int:
     plan += [(p, s) for p in unders for s in under_seeds]
     plan += [(c, s) for c in comps for s in comp_seeds]
     jobs = [
-        Job(bases[f], m, p, s, steps, size, args.pipeline)
+        Job(bases[f], m, p, s, steps, size, args.pipeline, cameras)
         for f in fields
         for m in methods
         for p, s in plan

@@ -362,6 +362,15 @@ def _check_gaussian_options(config: GenerateConfig) -> None:
 _SD_NEGATIVE = "blurry, low quality, low resolution, deformed, oversaturated, cropped, text"
 
 
+def _world_cameras() -> CameraSamplerConfig:
+    """The cameras the shipped embedded prior's training images were seen from (its
+    world, recorded in its weights): the prior knows objects' sizes and the views it can
+    draw only as those cameras saw them, so the toy presets distil with the same."""
+    from cfd3d.priors.embedded.weights import read_world
+
+    return read_world().cameras
+
+
 def _cpu_demo(prompt: str) -> GenerateConfig:
     """Embedded prior on a CPU: a 48³ voxel grid rendered at 32², two views per step.
 
@@ -376,6 +385,7 @@ def _cpu_demo(prompt: str) -> GenerateConfig:
     return GenerateConfig(
         prompt=prompt,
         preset="cpu-demo",
+        cameras=_world_cameras(),
         voxel=VoxelGridConfig(blob_radius=0.4),
         mesh_faces=10000,
         texture_size=512,
@@ -464,6 +474,7 @@ def _toy_gaussians(prompt: str) -> GenerateConfig:
     return GenerateConfig(
         prompt=prompt,
         preset="toy-gaussians",
+        cameras=_world_cameras(),
         field="gaussians",
         gaussians=GaussianConfig(
             count=2048,

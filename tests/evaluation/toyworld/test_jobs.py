@@ -13,7 +13,9 @@ from cfd3d.evaluation.toyworld.composition import Composed
 from cfd3d.evaluation.toyworld.jobs import (
     ABLATIONS,
     PRESET,
+    Job,
     Result,
+    job_configs,
     method_config,
     read_cached,
     write_cached,
@@ -27,6 +29,7 @@ from cfd3d.evaluation.toyworld.prompts import (
 )
 from cfd3d.evaluation.toyworld.views import Views
 from cfd3d.generate.config import preset_config
+from cfd3d.scene.sampling import CameraSamplerConfig
 
 
 def test_ablation_rows_are_cfd_with_another_noise():
@@ -37,6 +40,18 @@ def test_ablation_rows_are_cfd_with_another_noise():
         cfd = method_config(base, "cfd", 7, 3)
         assert config.timesteps == cfd.timesteps and config.weighting == cfd.weighting
     assert method_config(base, "cfd", 7, 3).noise.kind == "integral"
+
+
+def test_a_job_can_distil_from_another_priors_cameras():
+    base = preset_config(PRESET, "a red cube")
+    prompt = parse_prompt("a red cube")
+    overhead = CameraSamplerConfig(elevation_deg=(-10.0, 90.0), fovy_deg=(50.0, 50.0))
+    assert job_configs(Job(base, "cfd", prompt, 100, 3, 32))[0][1].cameras == base.cameras
+    assert job_configs(Job(base, "sds", prompt, 100, 3, 32, cameras=overhead))[0][1].cameras == (
+        overhead
+    )
+    staged = job_configs(Job(base, "cfd", prompt, 100, 3, 32, "toy", overhead))
+    assert len(staged) == 2 and all(config.cameras == overhead for _, config in staged)
 
 
 def _library_runs() -> list:

@@ -77,6 +77,29 @@ def test_attention_at_more_levels_reads_the_text_there_and_round_trips(tmp_path)
         UNetConfig(**{**TINY.__dict__, "attention_levels": (5,)})
 
 
+def test_without_pooled_text_the_words_reach_the_pixels_through_attention_only(tmp_path):
+    config = UNetConfig(**{**TINY.__dict__, "pooled_text": False})
+    torch.manual_seed(0)
+    model = TinyUNet(config)
+    assert not any(k.startswith("text_proj.") for k in model.state_dict())
+    for p in model.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    tok = WordTokenizer(WORDS, max_length=TINY.max_tokens)
+    ids = tok.encode(["a red cube", "a blue sphere"])
+    x, t = torch.randn(1, 3, 8, 8).expand(2, -1, -1, -1), torch.tensor([300, 300])
+    out = model(x, t, ids)
+    assert not torch.allclose(out[0], out[1])  # the prompt still matters...
+    model.attn.cross.out_proj.weight.data.zero_()
+    model.attn.cross.out_proj.bias.data.zero_()
+    out = model(x, t, ids)
+    assert torch.allclose(out[0], out[1], atol=1e-6)  # ...only through cross-attention
+    path = tmp_path / "embedded_prior.safetensors"
+    write_weights(model, {"vocabulary": list(WORDS), "schedule": "scaled_linear"}, path)
+    loaded = EmbeddedPrior.load(path).model
+    assert loaded.config.pooled_text is False
+    assert torch.allclose(loaded(x, t, ids), model(x, t, ids), atol=1e-2)
+
+
 def test_weights_round_trip_and_checksum(tmp_path):
     torch.manual_seed(1)
     model = TinyUNet(TINY)

@@ -33,8 +33,10 @@ def test_the_defaults_are_the_shipped_weights_settings():
     model, metadata = load_weights()
     shipped_train, shipped_world = metadata["train_config"], metadata["world_config"]
     train = _plain(asdict(TrainConfig()))
-    # attention_levels came after the shipped prior; its absence there means none
+    # attention_levels and pooled_text came after the shipped prior; absent there, they
+    # mean what the first prior did: no attention but the middle's, pooled text in FiLM
     assert train["unet"].pop("attention_levels") == []
+    assert train["unet"].pop("pooled_text") is True
     assert train == shipped_train
     world = _plain(asdict(WorldConfig()))
     new = {"cameras": _plain(asdict(CameraSamplerConfig())), "face_rgb": list(FACE_RGB)}

@@ -190,3 +190,28 @@ def test_sample_rejects_bad_prompts_with_one_line(
     if "empty" not in message:
         assert "cfd3d prior-vocab" in err
     assert not out.exists()
+
+
+def test_weights_say_their_world_and_the_toy_presets_distil_from_its_cameras(tmp_path):
+    from cfd3d.errors import UserError
+    from cfd3d.generate.config import preset_config
+    from cfd3d.priors.embedded.unet import TinyUNet, UNetConfig
+    from cfd3d.priors.embedded.weights import read_world, write_weights
+
+    world = WorldConfig(
+        cameras=CameraSamplerConfig(elevation_deg=(-10.0, 90.0), fovy_deg=(50.0, 50.0)),
+        face_rgb=(0.06, 0.06, 0.08),
+    )
+    path = tmp_path / "embedded_prior.safetensors"
+    config = UNetConfig(channels=(16, 32), text_width=32, vocab_size=len(vocabulary()) + 1)
+    write_weights(TinyUNet(config), {"world_config": asdict(world)}, path)
+    assert read_world(path) == world  # from the header alone
+    shipped = EmbeddedPrior.load().world
+    assert read_world() == shipped
+    for preset in ("cpu-demo", "toy-gaussians"):
+        assert preset_config(preset, "a red cube").cameras == shipped.cameras
+    with pytest.raises(UserError, match="not found"):
+        read_world(tmp_path / "missing.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError, match="cannot read"):
+        read_world(tmp_path / "junk.safetensors")

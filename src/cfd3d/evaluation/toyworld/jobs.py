@@ -40,6 +40,7 @@ from cfd3d.io import atomic_write_bytes, sha256_hex
 from cfd3d.noise import NoiseConfig
 from cfd3d.priors.base import Prior
 from cfd3d.priors.embedded.prior import EmbeddedPrior
+from cfd3d.scene.sampling import CameraSamplerConfig
 
 METHODS: tuple[str, ...] = ("cfd", "sds", "fsd", "vsd", "ism", "sdi")
 """The methods a job distils with, in the report's order."""
@@ -122,7 +123,10 @@ def distil(
 @dataclass(frozen=True)
 class Job:
     """One run of the plan (all the stages of a pipeline): what a worker needs besides the
-    prior. ``steps``: every run's (every stage's) steps; ``None`` keeps the stages' own."""
+    prior. ``steps``: every run's (every stage's) steps; ``None`` keeps the stages' own.
+    ``cameras``: distil with these instead of the configs' (the toy presets use the shipped
+    prior's training cameras; a prior from other weights may have been trained on others).
+    """
 
     base: GenerateConfig
     method: str
@@ -131,6 +135,7 @@ class Job:
     steps: int | None
     size: int
     pipeline: str | None = None
+    cameras: CameraSamplerConfig | None = None
 
 
 def load_prior(weights: Path | None, base: GenerateConfig) -> Prior:
@@ -147,14 +152,18 @@ def job_configs(job: Job) -> list[tuple[str, GenerateConfig]]:
     if job.pipeline is None:
         base = replace(job.base, prompt=job.prompt.text)
         steps = job.steps if job.steps is not None else base.steps
-        return [(job_row(job), method_config(base, job.method, job.seed, steps))]
-    pipeline = configure(
-        pipeline_config(job.pipeline, job.prompt.text),
-        method=job.method,
-        steps_per_stage=job.steps,
-        overrides={"seed": job.seed},
-    )
-    return [(f"{job.method}:{s.name}", s.config) for s in pipeline.stages]
+        runs = [(job_row(job), method_config(base, job.method, job.seed, steps))]
+    else:
+        pipeline = configure(
+            pipeline_config(job.pipeline, job.prompt.text),
+            method=job.method,
+            steps_per_stage=job.steps,
+            overrides={"seed": job.seed},
+        )
+        runs = [(f"{job.method}:{s.name}", s.config) for s in pipeline.stages]
+    if job.cameras is None:
+        return runs
+    return [(label, replace(config, cameras=job.cameras)) for label, config in runs]
 
 
 def job_row(job: Job) -> str:

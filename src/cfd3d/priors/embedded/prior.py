@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 
 from cfd3d.diffusion.schedule import make_schedule
-from cfd3d.errors import ConfigError, UserError
+from cfd3d.errors import UserError
 from cfd3d.priors.base import Prior
 from cfd3d.priors.embedded.tokenizer import WordTokenizer
 from cfd3d.priors.embedded.unet import TinyUNet
-from cfd3d.priors.embedded.weights import load_weights
-from cfd3d.priors.embedded.world import WorldConfig, world_from_dict
+from cfd3d.priors.embedded.weights import load_weights, world_of
+from cfd3d.priors.embedded.world import WorldConfig
 
 
 class EmbeddedPrior(Prior):
@@ -50,11 +50,7 @@ class EmbeddedPrior(Prior):
         if not isinstance(words, list):
             raise UserError(f"embedded prior weights at '{path}' carry no vocabulary; retrain them")
         tokenizer = WordTokenizer(tuple(words), model.config.max_tokens)
-        world = metadata.get("world_config")
-        try:
-            world = world_from_dict(world) if isinstance(world, dict) else None
-        except ConfigError as exc:
-            raise UserError(f"embedded prior weights at '{path}': {exc}; retrain them") from None
+        world = world_of(metadata.get("world_config"), model.config.image_size, path)
         return cls(model, tokenizer, str(metadata.get("schedule", "scaled_linear")), world)
 
     @property

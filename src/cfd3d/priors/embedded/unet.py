@@ -36,6 +36,10 @@ class UNetConfig:
         attention_levels: levels (0 = the first, after the patch fold) that get a self- and
             cross-attention block after their residual blocks, on the way down and on the
             way up, besides the one in the middle; ``()``: the middle only.
+        pooled_text: add the mean-pooled text to the timestep embedding (FiLM on every
+            block). It carries every word to every pixel alike, which blends the two
+            objects of a composition; without it the text enters through cross-attention
+            only, where each pixel picks the words it needs.
     """
 
     image_size: int = 32
@@ -48,6 +52,7 @@ class UNetConfig:
     max_tokens: int = 16
     groups: int = 8
     attention_levels: tuple[int, ...] = ()
+    pooled_text: bool = True
 
     def __post_init__(self) -> None:
         for level in self.attention_levels:
@@ -145,7 +150,7 @@ class TinyUNet(nn.Module):
         self.time_mlp = nn.Sequential(
             nn.Linear(c0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
-        self.text_proj = nn.Linear(config.text_width, emb_dim)
+        self.text_proj = nn.Linear(config.text_width, emb_dim) if config.pooled_text else None
         patch_channels = 3 * config.patch**2
         self.stem = nn.Sequential(
             nn.PixelUnshuffle(config.patch), nn.Conv2d(patch_channels, c0, 3, padding=1)
@@ -198,7 +203,9 @@ class TinyUNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         tokens, pad, pooled = self.text(ids)
         emb = self.time_mlp(timestep_embedding(t, self.config.channels[0]))
-        emb = F.silu(emb + self.text_proj(pooled))
+        if self.config.pooled_text:
+            emb = emb + self.text_proj(pooled)
+        emb = F.silu(emb)
         h = self.stem(x)
         hs = [h]
         blocks = iter(self.down)

@@ -7,14 +7,18 @@ import json
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from cfd3d.errors import UserError
 from cfd3d.io import atomic_write_bytes, atomic_write_text
 from cfd3d.priors.embedded.unet import TinyUNet, UNetConfig
+
+if TYPE_CHECKING:
+    from cfd3d.priors.embedded.world import WorldConfig
 
 WEIGHTS_NAME = "embedded_prior.safetensors"
 CHECKSUM_NAME = "embedded_prior.sha256"
@@ -99,3 +103,46 @@ def load_weights(path: Path | None = None) -> tuple[TinyUNet, dict[str, object]]
     model.load_state_dict({k: v.float() for k, v in tensors.items()})
     metadata = {k: json.loads(v) for k, v in header.items() if k != "unet_config"}
     return model.eval().requires_grad_(False), metadata
+
+
+def read_world(path: Path | None = None) -> WorldConfig:
+    """The toy world that the weights at ``path`` (default: the shipped ones) were trained
+    on, read from their metadata without loading the tensors.
+
+    Raises:
+        UserError: the file is missing or unreadable, or records an invalid world.
+    """
+    path = Path(path) if path is not None else default_weights_path()
+    if not path.is_file():
+        raise UserError(f"embedded prior weights not found at '{path}'; {RESTORE_HINT}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+        world = json.loads(header["world_config"]) if "world_config" in header else None
+        size = json.loads(header["unet_config"]).get("image_size", 32)
+    except (OSError, KeyError, ValueError, AttributeError, SafetensorError) as exc:
+        raise UserError(
+            f"cannot read embedded prior weights '{path}' ({exc}); {RESTORE_HINT}"
+        ) from None
+    return world_of(world, size, path)
+
+
+def world_of(world: object, image_size: int, path: Path | None) -> WorldConfig:
+    """The :class:`WorldConfig` of weights whose metadata holds ``world`` (its
+    ``world_config``; weights written before the world was recorded read back as the
+    default world at their image size).
+
+    Raises:
+        UserError: an invalid recorded world.
+    """
+    from cfd3d.errors import ConfigError
+    from cfd3d.priors.embedded.world import WorldConfig, world_from_dict
+
+    try:
+        return (
+            world_from_dict(world)
+            if isinstance(world, dict)
+            else WorldConfig(image_size=image_size)
+        )
+    except ConfigError as exc:
+        raise UserError(f"embedded prior weights at '{path}': {exc}; retrain them") from None
