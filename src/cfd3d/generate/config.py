@@ -464,11 +464,8 @@ def _sd_cpu(prompt: str) -> GenerateConfig:
 
 
 def _toy_gaussians(prompt: str) -> GenerateConfig:
-    """Embedded prior on a CPU with 3D Gaussians: a blob of 2048 Gaussians of radius 0.27,
-    whose silhouette (opacity above 1/2, radius 0.30 seen from 1.4 at 50°) is the size of
-    ``cpu-demo``'s starting ball: the kernels reach past their centres, so a blob of radius
-    0.4 looks 0.44 wide, and CFD, which keeps much of the size it starts from, ends up
-    too large (silhouettes 1.1-1.6 times the true area). Rendered at 32², two views per step,
+    """Embedded prior on a CPU with 3D Gaussians: a blob of 2048 Gaussians of radius 0.4
+    (the toy objects' size, as in ``cpu-demo``) rendered at 32², two views per step,
     densified every 100 steps between steps 100 and 300. The gradient threshold is set
     to the distillation gradients' scale (at the start of a run their view-space norms
     have a median near 0.07 and a 90th percentile near 2), far above 3DGS's photometric
@@ -482,7 +479,7 @@ def _toy_gaussians(prompt: str) -> GenerateConfig:
         gaussians=GaussianConfig(
             count=2048,
             max_count=8192,
-            init_radius=0.27,
+            init_radius=0.4,
             init_opacity=0.5,
             lr_means=2e-3,
             lr_scales=1e-2,
