@@ -377,6 +377,14 @@ def markdown(
         row += [fmt(r["mode_tv"].get(p)) for p in under]
         row += [fmt(r["noise_share"]), f"{r['wall_s']:.0f}"]
         lines.append("| " + " | ".join(row) + " |")
+    for m, ratio in result.get("wall_ratio_gaussians_voxel", {}).items():
+        g = result[f"{m}@gaussians"]["distill_s_per_run"]
+        lines += [
+            "",
+            f"Distillation wall time per run, Gaussians / voxel, {m}: {ratio:.2f} ({g:.1f} s "
+            f"against {result[m]['distill_s_per_run']:.1f} s; the fields' runs interleaved in "
+            "this one invocation, so both saw the same load).",
+        ]
     lines += [
         "",
         "## Per prompt",
