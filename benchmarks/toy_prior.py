@@ -45,9 +45,10 @@ probe, the judges and the ground-truth renders are :mod:`cfd3d.evaluation.toywor
    file in MB (10^6 bytes).
 
 ``targets_met``: ``probe_acc >= 0.95``, ``color_acc >= 0.95`` and ``shape_acc >= 0.85``.
-About 10 minutes on one thread of a shared 2-core machine: the probe 1.5, the 16 x 16
-guided samples 4.5, the sweep 2 and the compositions 1.2; ``--threads 2`` on an idle
-machine roughly halves it. ``--quick`` shrinks everything to a smoke test of seconds.
+About 11 minutes on one thread of a shared 2-core machine: the probe 2.5 (4800 renders,
+``PROBE_IMAGES``), the 16 x 16 guided samples 4.5, the sweep 2 and the compositions 1.2;
+``--threads 2`` on an idle machine roughly halves it. ``--quick`` shrinks everything to a
+smoke test of seconds.
 
 Usage::
 
@@ -75,6 +76,7 @@ import torch
 from cfd3d.cli import guarded
 from cfd3d.errors import UserError
 from cfd3d.evaluation.toyworld.classifier import (
+    PROBE_IMAGES,
     PROBE_SEED,
     probe_accuracy,
     probe_data,
@@ -118,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     quick = args.quick
-    n_probe_train, n_probe_test, epochs = (96, 32, 1) if quick else (1600, 400, 12)
+    n_probe_train, n_probe_test, epochs = (96, 32, 1) if quick else PROBE_IMAGES
     samples = 2 if quick else args.samples
     sweep_samples = 1 if quick else args.sweep_samples
     rel_samples = 2 if quick else args.relation_samples

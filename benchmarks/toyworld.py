@@ -152,6 +152,7 @@ from cfd3d.evaluation.probe import (
 )
 from cfd3d.evaluation.toyworld.classifier import (
     COLOR_NAMES,
+    PROBE_IMAGES,
     PROBE_SEED,
     PROBE_SHAPES,
     class_names,
@@ -500,7 +501,7 @@ def run(args: argparse.Namespace) -> int:
     prior_samples = 4 if quick else args.prior_samples
     ddim_steps = 2 if quick else PRIOR_DDIM_STEPS
     size = 32 if quick else EVAL_SIZE
-    n_train, n_test, epochs = (96, 32, 1) if quick else (1600, 400, 12)
+    n_train, n_test, epochs = (96, 32, 1) if quick else PROBE_IMAGES
     methods = list(dict.fromkeys(args.methods))
     if args.ablation:
         methods += [a for a in ABLATIONS if a not in methods]

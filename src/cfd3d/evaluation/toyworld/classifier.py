@@ -28,6 +28,11 @@ PROBE_SIZE = 32
 PROBE_SEED = 1000
 """Probe renders use seeds ``PROBE_SEED + 2 * seed`` (train) and ``+ 1`` (test); the
 prior's own training set is rendered with its ``--seed`` (0 for the shipped weights)."""
+PROBE_IMAGES = (4800, 800, 12)
+"""The probe's training and test renders and its epochs. With 1600 training renders the
+probe told shapes apart in 99 % of the first world's views, but in a world whose cameras
+reach overhead (elevations up to 90°) in only 89.5 % (94.5 % below 60°, 83.5 % above);
+with 4800 it scored 100 % and 99.2 % there (800 held-out renders)."""
 
 
 class Probe(nn.Module):
