@@ -113,8 +113,7 @@ def run(args: argparse.Namespace) -> int:
         base = replace(base, steps=args.steps)
     prior = load_prior(args.weights, base)
     world = world_of(prior)
-    if args.weights is not None:  # the preset has the shipped prior's training cameras
-        base = replace(base, cameras=world.cameras)
+    base = replace(base, cameras=world.cameras)  # the preset's for the shipped weights
     jobs = []
     for label in args.configs:
         method, perp_neg = parse_label(label)

@@ -523,8 +523,8 @@ def run(args: argparse.Namespace) -> int:
     ]
     prior = load_prior(args.weights, base)
     world = world_of(prior)
-    # The presets distil with the shipped prior's training cameras; other weights, theirs.
-    cameras = None if args.weights is None else world.cameras
+    # Distil from the prior's own training cameras (the presets' for the shipped weights).
+    cameras = world.cameras
     if args.weights is not None:
         weights = str(args.weights)
     else:

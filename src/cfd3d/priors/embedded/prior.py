@@ -12,7 +12,7 @@ from cfd3d.errors import UserError
 from cfd3d.priors.base import Prior
 from cfd3d.priors.embedded.tokenizer import WordTokenizer
 from cfd3d.priors.embedded.unet import TinyUNet
-from cfd3d.priors.embedded.weights import load_weights, world_of
+from cfd3d.priors.embedded.weights import load_weights, world_from_metadata
 from cfd3d.priors.embedded.world import WorldConfig
 
 
@@ -50,7 +50,7 @@ class EmbeddedPrior(Prior):
         if not isinstance(words, list):
             raise UserError(f"embedded prior weights at '{path}' carry no vocabulary; retrain them")
         tokenizer = WordTokenizer(tuple(words), model.config.max_tokens)
-        world = world_of(metadata.get("world_config"), model.config.image_size, path)
+        world = world_from_metadata(metadata.get("world_config"), model.config.image_size, path)
         return cls(model, tokenizer, str(metadata.get("schedule", "scaled_linear")), world)
 
     @property

@@ -7,18 +7,15 @@ import json
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from cfd3d.errors import UserError
+from cfd3d.errors import ConfigError, UserError
 from cfd3d.io import atomic_write_bytes, atomic_write_text
 from cfd3d.priors.embedded.unet import TinyUNet, UNetConfig
-
-if TYPE_CHECKING:
-    from cfd3d.priors.embedded.world import WorldConfig
+from cfd3d.priors.embedded.world import WorldConfig, world_from_dict
 
 WEIGHTS_NAME = "embedded_prior.safetensors"
 CHECKSUM_NAME = "embedded_prior.sha256"
@@ -124,10 +121,10 @@ def read_world(path: Path | None = None) -> WorldConfig:
         raise UserError(
             f"cannot read embedded prior weights '{path}' ({exc}); {RESTORE_HINT}"
         ) from None
-    return world_of(world, size, path)
+    return world_from_metadata(world, size, path)
 
 
-def world_of(world: object, image_size: int, path: Path | None) -> WorldConfig:
+def world_from_metadata(world: object, image_size: int, path: Path | None) -> WorldConfig:
     """The :class:`WorldConfig` of weights whose metadata holds ``world`` (its
     ``world_config``; weights written before the world was recorded read back as the
     default world at their image size).
@@ -135,9 +132,6 @@ def world_of(world: object, image_size: int, path: Path | None) -> WorldConfig:
     Raises:
         UserError: an invalid recorded world.
     """
-    from cfd3d.errors import ConfigError
-    from cfd3d.priors.embedded.world import WorldConfig, world_from_dict
-
     try:
         return (
             world_from_dict(world)
