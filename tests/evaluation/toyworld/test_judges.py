@@ -94,6 +94,25 @@ def test_face_judge_on_ground_truth_heads_and_on_a_ball_without_a_face():
     assert face_share(faced[None], "blue", FACE_RGB).item() == 0.0
 
 
+def test_a_dark_face_counts_where_it_reaches_the_silhouette():
+    ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    disc = ((ys - 16) ** 2 + (xs - 16) ** 2 < 100).float()
+    ball = 1.0 - disc * (1.0 - 0.7 * torch.tensor(COLORS["red"])[:, None, None])
+    # seen from above, the face fills the lower part of the ball, up to its outline
+    lower = disc * (ys > 18).float()
+    dark = torch.where(lower.bool(), torch.tensor(DARK)[:, None, None], ball)
+    share = face_share(dark[None], "red", DARK).item()
+    assert abs(share - float(lower.sum() / disc.sum())) < 1e-6
+    # a pale face there could be background seen past the ball: it does not count
+    pale = torch.where(lower.bool(), torch.tensor(FACE_RGB)[:, None, None], ball)
+    assert face_share(pale[None], "red", FACE_RGB).item() == 0.0
+    # every ground-truth front view of the dark-faced world shows its face
+    front, back = render_heads(("red", "green"), views=8, seed=3, world=OTHER_WORLD)
+    shares = torch.cat([face_share(front[:8], "red", DARK), face_share(front[8:], "green", DARK)])
+    assert (shares >= FACE_SHARE).all()
+    assert (face_share(back[:8], "red", DARK) < FACE_SHARE).all()
+
+
 def test_prompts_cover_every_colour_and_shape():
     prompts = single_prompts(16)
     assert len(set(prompts)) == 16

@@ -142,10 +142,11 @@ def face_share(
     Every pixel is fit as a shaded albedo (as in :func:`segment`) by the head's colour and
     by the face's (``face_rgb``, the world's); the head is the pixels the head's
     colour explains best (within :data:`MAX_RESIDUAL`), the face the pixels the face colour
-    explains best among the pixels with head pixels on both sides along their row or their
-    column, so a pale face on a white background counts where the head surrounds it and
-    the background around a ball does not. 0 where the head covers fewer than
-    :data:`MIN_PIXELS` pixels.
+    explains best. A face as pale as the background (no channel :data:`FOREGROUND` below
+    white) counts only where head pixels lie on both sides along its row or its column, so
+    it counts where the head surrounds it and the background around a ball does not; a
+    darker face counts wherever it shows (it reaches the silhouette in views from above).
+    0 where the head covers fewer than :data:`MIN_PIXELS` pixels.
     """
     palette = torch.tensor([COLORS[color], face_rgb], dtype=images.dtype)  # (2, 3)
     best, label = shade_residual(images, palette).min(dim=-1)
@@ -158,8 +159,9 @@ def face_share(
         after = mask.flip(dim).int().cummax(dim=dim).values.bool().flip(dim)
         return before & after
 
-    inside = between(head, 1) | between(head, 2)
-    face = explained & (label == 1) & inside
+    face = explained & (label == 1)
+    if max(1.0 - c for c in face_rgb) <= FOREGROUND:
+        face &= between(head, 1) | between(head, 2)
     n_head, n_face = head.sum(dim=(1, 2)).float(), face.sum(dim=(1, 2)).float()
     share = n_face / (n_head + n_face).clamp_min(1.0)
     return torch.where(n_head >= MIN_PIXELS, share, torch.zeros_like(share))
