@@ -15,7 +15,6 @@ from cfd3d.evaluation.toyworld.views import true_head
 from cfd3d.priors.embedded.unet import TinyUNet, UNetConfig
 from cfd3d.priors.embedded.weights import write_weights
 from cfd3d.priors.embedded.world import WorldConfig, vocabulary
-from cfd3d.scene.toy import FACE_RGB
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "janus.py"
 _spec = importlib.util.spec_from_file_location("janus_benchmark", SCRIPT)
@@ -24,7 +23,7 @@ sys.modules[_spec.name] = bench  # dataclasses look their module up while it is 
 _spec.loader.exec_module(bench)
 
 
-def test_quick_run_reports_each_configuration_against_the_truth(capsys):
+def test_quick_run_reports_each_configuration_against_the_truth(capsys, shipped_world):
     assert bench.main(["--quick"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     truth = result["truth_by_azimuth"]
@@ -34,7 +33,7 @@ def test_quick_run_reports_each_configuration_against_the_truth(capsys):
         r = result[label]
         assert 0.0 <= r["face_rate"] <= 1.0 and 0.0 <= r["janus_rate"] <= 1.0
         assert len(r["face_by_azimuth"]) == 8 and r["runs"] == 1
-    assert result["config"]["face_rgb"] == list(FACE_RGB)
+    assert result["config"]["face_rgb"] == list(shipped_world.face_rgb)
 
 
 def test_a_prior_of_another_world_is_judged_against_its_own_face(tmp_path, capsys):

@@ -38,10 +38,12 @@ def test_iou_colour_and_diversity_on_synthetic_views(flat_views):
     assert diversity([truth, guess]) > 0.0
 
 
-def test_world_views_are_drawn_like_the_worlds_images_and_fixed_by_the_seed(shipped_run):
+def test_world_views_are_drawn_like_the_worlds_images_and_fixed_by_the_seed(
+    shipped_run, shipped_world
+):
     run = shipped_run
     world = world_of(run.prior)
-    assert world == WorldConfig()
+    assert world == shipped_world
     scene = single("red", "cube")
     a, b = world_views(run, scene, 100, world), world_views(run, scene, 100, world)
     c = world_views(run, scene, 101, world)

@@ -13,9 +13,8 @@ from cfd3d.priors.embedded.training import TrainConfig
 from cfd3d.priors.embedded.weights import load_weights
 from cfd3d.priors.embedded.world import WorldConfig
 from cfd3d.scene.sampling import CameraSamplerConfig
-from cfd3d.scene.toy import FACE_RGB
 
-DRAFT = Path(__file__).resolve().parents[3] / "configs" / "world-v2-draft.json"
+RECIPE = Path(__file__).resolve().parents[3] / "configs" / "embedded-prior.json"
 SMALL = {
     "train": {"batch_size": 4, "warmup": 1},
     "unet": {"channels": [16, 32], "text_width": 32, "groups": 4},
@@ -29,29 +28,25 @@ def _plain(value):
     return json.loads(json.dumps(value))
 
 
-def test_the_defaults_are_the_shipped_weights_settings():
+def test_the_recipe_file_is_the_shipped_weights_settings(shipped_world):
     model, metadata = load_weights()
-    shipped_train, shipped_world = metadata["train_config"], metadata["world_config"]
-    train = _plain(asdict(TrainConfig()))
-    # attention_levels and pooled_text came after the shipped prior; absent there, they
-    # mean what the first prior did: no attention but the middle's, pooled text in FiLM
-    assert train["unet"].pop("attention_levels") == []
-    assert train["unet"].pop("pooled_text") is True
-    assert train == shipped_train
-    world = _plain(asdict(WorldConfig()))
-    new = {"cameras": _plain(asdict(CameraSamplerConfig())), "face_rgb": list(FACE_RGB)}
-    for key, value in new.items():  # stored since, absent from the shipped metadata
-        assert world.pop(key) == value and key not in shipped_world
+    config, world = prior_configs(json.loads(RECIPE.read_text()))
     assert world == shipped_world
-    assert asdict(model.config) == asdict(TrainConfig().unet)
+    assert _plain(asdict(config)) == metadata["train_config"]
+    assert _plain(asdict(world)) == metadata["world_config"]
+    assert asdict(model.config) == asdict(config.unet)
+    assert metadata["command"].startswith("cfd3d train-prior --config ")
+    assert metadata["command"].endswith(f"--seed 0 --steps {config.steps} --dataset-size 24000")
+    # without --config: the first prior's world and training, what the tests' small runs use
     assert prior_configs({}) == (TrainConfig(), WorldConfig())
-    assert metadata["command"] == "cfd3d train-prior --seed 0 --steps 3000"
+    assert TrainConfig().steps == 3000 and TrainConfig().unet.attention_levels == ()
 
 
 def test_sections_merge_over_the_defaults():
-    config, world = prior_configs(json.loads(DRAFT.read_text()))
+    config, world = prior_configs(json.loads(RECIPE.read_text()))
     assert config.unet.attention_levels == (1,) and config.unet.channels == (48, 96, 128)
-    assert config.steps == TrainConfig().steps and config.dataset_size == 24000
+    assert config.steps == 18000 and config.dataset_size == 24000
+    assert config.batch_size == TrainConfig().batch_size  # merged, not replaced
     assert world.face_rgb == (0.06, 0.06, 0.08) and world.p_pair == 0.45
     assert world.p_head == WorldConfig().p_head
     cameras = world.cameras

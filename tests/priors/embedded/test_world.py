@@ -113,7 +113,7 @@ def test_the_worlds_face_colour_and_cameras_are_settings():
     assert images.shape == (4, 3, 32, 32)
 
 
-def test_a_world_reads_back_from_its_stored_dict():
+def test_a_world_reads_back_from_its_stored_dict(shipped_world):
     world = WorldConfig(
         p_pair=0.45,
         cameras=CameraSamplerConfig(elevation_deg=(-10.0, 90.0), fovy_deg=(50.0, 50.0)),
@@ -125,7 +125,7 @@ def test_a_world_reads_back_from_its_stored_dict():
     assert world_from_dict({**first, "p_pair": 0.33}) == WorldConfig()  # the first prior's
     with pytest.raises(ConfigError, match="unknown world setting"):
         world_from_dict({"p_dragon": 0.5})
-    assert EmbeddedPrior.load().world == WorldConfig()  # the shipped prior's world
+    assert EmbeddedPrior.load().world == shipped_world  # configs/embedded-prior.json's
 
 
 def test_render_world_is_deterministic_for_a_seed():

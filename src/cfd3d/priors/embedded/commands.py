@@ -299,11 +299,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "train-prior",
         help="train the embedded toy-world prior from scratch",
         description=(
-            "Render the toy world and train the embedded prior on it (about an hour on 2 CPU "
-            "cores with the defaults). Interrupted runs resume from --work. The shipped "
-            "weights were made with the defaults and --seed 0; copy the result to "
-            "src/cfd3d/assets/ (with its .sha256) to replace them. --config FILE.json changes "
-            "the training, the world or the UNet; the weights record every setting."
+            "Render the toy world and train the embedded prior on it. Interrupted runs "
+            "resume from --work. The shipped weights were made with --config "
+            "configs/embedded-prior.json --seed 0 (about an hour on 2 CPU cores; their "
+            "metadata records the command and every setting); copy the result to "
+            "src/cfd3d/assets/ (with its .sha256) to replace them. Without --config: the "
+            "first prior's smaller world, 3000 steps. --config FILE.json changes the "
+            "training, the world or the UNet."
         ),
     )
     train.add_argument(
@@ -311,7 +313,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         default=None,
         help='a JSON object with optional "train", "world" and "unet" objects, each merged '
-        "over the defaults (e.g. configs/world-v2-draft.json); --seed, --steps and "
+        "over the defaults (e.g. configs/embedded-prior.json); --seed, --steps and "
         "--dataset-size override it",
     )
     train.add_argument(
