@@ -44,7 +44,9 @@ probe, the judges and the ground-truth renders are :mod:`cfd3d.evaluation.toywor
    on this CPU with ``--threads`` threads; ``weights_mb``: size of the float16 safetensors
    file in MB (10^6 bytes).
 
-``targets_met``: ``probe_acc >= 0.95``, ``color_acc >= 0.95`` and ``shape_acc >= 0.85``.
+``targets_met``: ``probe_acc >= 0.95``, ``color_acc >= 0.95``, ``shape_acc >= 0.90``,
+``relation_acc >= 0.80`` and ``face_acc >= 0.90`` (issue 18's; the first prior was held to
+colour and shape only, shape ``>= 0.85``).
 About 11 minutes on one thread of a shared 2-core machine: the probe 2.5 (4800 renders,
 ``PROBE_IMAGES``), the 16 x 16 guided samples 4.5, the sweep 2 and the compositions 1.2;
 ``--threads 2`` on an idle machine roughly halves it. ``--quick`` shrinks everything to a
@@ -250,7 +252,11 @@ def run(args: argparse.Namespace) -> int:
     result["load_average"] = [round(v, 2) for v in os.getloadavg()]
     result["total_s"] = round(time.perf_counter() - start, 1)
     result["targets_met"] = bool(
-        result["probe_acc"] >= 0.95 and result["color_acc"] >= 0.95 and result["shape_acc"] >= 0.85
+        result["probe_acc"] >= 0.95
+        and result["color_acc"] >= 0.95
+        and result["shape_acc"] >= 0.90
+        and result["relation_acc"] >= 0.80
+        and result["face_acc"] >= 0.90
     )
     print(json.dumps(result))
     return 0
