@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from cfd3d.priors.embedded.training import TrainConfig
 from cfd3d.priors.embedded.world import WorldConfig
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "embedded-prior.json"
@@ -35,8 +35,14 @@ def _deterministic_torch():
 
 
 @pytest.fixture(scope="session")
-def shipped_world() -> WorldConfig:
-    """The world the shipped embedded prior was trained on, from its recipe file."""
-    from cfd3d.priors.embedded.commands import prior_configs
+def shipped_recipe() -> tuple[TrainConfig, WorldConfig]:
+    """The training and world the shipped embedded prior was made with (:data:`RECIPE`)."""
+    from cfd3d.priors.embedded.commands import read_prior_config
 
-    return prior_configs(json.loads(RECIPE.read_text()))[1]
+    return read_prior_config(RECIPE)
+
+
+@pytest.fixture(scope="session")
+def shipped_world(shipped_recipe: tuple[TrainConfig, WorldConfig]) -> WorldConfig:
+    """The world the shipped embedded prior was trained on."""
+    return shipped_recipe[1]

@@ -14,7 +14,6 @@ from cfd3d.priors.embedded.weights import load_weights
 from cfd3d.priors.embedded.world import WorldConfig
 from cfd3d.scene.sampling import CameraSamplerConfig
 
-RECIPE = Path(__file__).resolve().parents[3] / "configs" / "embedded-prior.json"
 SMALL = {
     "train": {"batch_size": 4, "warmup": 1},
     "unet": {"channels": [16, 32], "text_width": 32, "groups": 4},
@@ -28,10 +27,9 @@ def _plain(value):
     return json.loads(json.dumps(value))
 
 
-def test_the_recipe_file_is_the_shipped_weights_settings(shipped_world):
+def test_the_recipe_file_is_the_shipped_weights_settings(shipped_recipe):
     model, metadata = load_weights()
-    config, world = prior_configs(json.loads(RECIPE.read_text()))
-    assert world == shipped_world
+    config, world = shipped_recipe
     assert _plain(asdict(config)) == metadata["train_config"]
     assert _plain(asdict(world)) == metadata["world_config"]
     assert asdict(model.config) == asdict(config.unet)
@@ -42,8 +40,8 @@ def test_the_recipe_file_is_the_shipped_weights_settings(shipped_world):
     assert TrainConfig().steps == 3000 and TrainConfig().unet.attention_levels == ()
 
 
-def test_sections_merge_over_the_defaults():
-    config, world = prior_configs(json.loads(RECIPE.read_text()))
+def test_sections_merge_over_the_defaults(shipped_recipe):
+    config, world = shipped_recipe
     assert config.unet.attention_levels == (1,) and config.unet.channels == (48, 96, 128)
     assert config.steps == 18000 and config.dataset_size == 24000
     assert config.batch_size == TrainConfig().batch_size  # merged, not replaced
