@@ -30,6 +30,12 @@ Single-object prompts ("a red cube", ``--prompts``), ``--seeds`` seeds each:
 * ``diversity``: mean pairwise RMS distance between the albedo orbit renders of different
   seeds of one prompt, averaged over prompts (0 when ``--seeds`` is 1).
 
+Every result whose prompt names a torus (fully named or "a torus") is also seen from
+straight above (:func:`overhead_camera`); ``torus_hole_rate`` is the share of them whose
+opacity there encloses at least :data:`HOLE_MIN_PIXELS` background pixels
+(:func:`hole_pixels`: the torus's hole; a disc or a bowl encloses none), ``torus_runs``
+their number.
+
 Results and the prior's samples are judged on images made alike: each result is also
 rendered from :data:`WORLD_VIEWS` cameras drawn from the camera distribution of the
 prior's world (``EmbeddedPrior.world``, stored with its weights), with the toy world's
@@ -195,6 +201,7 @@ from cfd3d.evaluation.toyworld.setting import (
     EVAL_SIZE,
     FIGURE_AZIMUTH,
     FOVY,
+    HOLE_MIN_PIXELS,
     MESH_IOU_RESOLUTION,
     ORBIT_VIEWS,
     WORLD_VIEWS,
@@ -206,7 +213,7 @@ from cfd3d.evaluation.toyworld.summary import (
     sampler_tv_band,
     summarise,
 )
-from cfd3d.evaluation.toyworld.views import Views, mask_iou, world_of
+from cfd3d.evaluation.toyworld.views import Views, hole_pixels, mask_iou, world_of
 from cfd3d.export.video import preview_grid
 from cfd3d.generate.config import GenerateConfig, preset_config
 from cfd3d.generate.pipeline import pipeline_config
@@ -356,12 +363,14 @@ def markdown(
         "exports (automatic threshold) against the ground-truth solid; "
         "diversity: mean pairwise RMS between seeds' orbit renders; mode TV (↓): total "
         "variation between the results' class shares (the missing attribute, per view) and "
-        "the prior's own samples' classes.",
+        "the prior's own samples' classes; torus hole: the share of the torus prompts' "
+        f"results whose view from straight above encloses at least {HOLE_MIN_PIXELS} "
+        "background pixels (the hole).",
         "",
     ]
     header = ["method", "probe FID", "probe CLIP", "mask IoU", "mesh IoU", "colour err", "empty"]
     header += ["diversity"]
-    header += [f"mode TV “{p}”" for p in under] + ["noise share", "wall s"]
+    header += [f"mode TV “{p}”" for p in under] + ["torus hole", "noise share", "wall s"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for m in methods:
         r = result[m]
@@ -376,6 +385,8 @@ def markdown(
             fmt(r["diversity"]),
         ]
         row += [fmt(r["mode_tv"].get(p)) for p in under]
+        holes = r.get("torus_hole_rate")
+        row += ["—" if holes is None else f"{holes:.2f} of {r['torus_runs']}"]
         row += [fmt(r["noise_share"]), f"{r['wall_s']:.0f}"]
         lines.append("| " + " | ".join(row) + " |")
     for m, ratio in result.get("wall_ratio_gaussians_voxel", {}).items():
@@ -403,6 +414,10 @@ def markdown(
                 shown += f" (TV {d['mode_tv']:.3f}, named attribute right {d['known_acc']:.2f})"
             else:
                 shown = "IoU per seed " + " / ".join(f"{s['mask_iou']:.2f}" for s in d["seeds"])
+            if "hole_pixels" in d:
+                truth = d.get("hole_pixels_truth")
+                shown += "; hole pixels from above " + " / ".join(map(str, d["hole_pixels"]))
+                shown += "" if truth is None else f" (truth {truth})"
             lines.append(
                 f"| {m} | {text} | {fmt(d['probe_fid'], 2)} | {fmt(d['probe_clip'])} | "
                 f"{fmt(d.get('mask_iou'))} | {fmt(d.get('mesh_iou'))} | "
@@ -614,6 +629,8 @@ def run(args: argparse.Namespace) -> int:
             label = classify_missing(probe, result.views.world, prompt.missing)
             names = class_names(prompt.missing)
             verdict = f"{prompt.missing} {names[majority(label, len(names))]}"
+        if isinstance(prompt, Prompt) and prompt.shape == "torus":
+            verdict += f", hole pixels from above {hole_pixels(result.views.overhead)}"
         print(
             f"[{done}/{len(jobs)}] {result.method} {prompt.text!r} seed {result.seed}: "
             f"distilled in {result.distill_s:.1f} s, {verdict}",

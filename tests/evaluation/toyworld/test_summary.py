@@ -1,14 +1,18 @@
 """cfd3d.evaluation.toyworld.summary: per-prompt details and the mode TV band."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from cfd3d.evaluation.toyworld.classifier import majority
 from cfd3d.evaluation.toyworld.jobs import Result
 from cfd3d.evaluation.toyworld.prompts import parse_prompt
+from cfd3d.evaluation.toyworld.setting import HOLE_MIN_PIXELS
 from cfd3d.evaluation.toyworld.summary import (
     EMPTY_COLOR_ERR,
     frequencies,
+    hole_detail,
     sampler_tv_band,
     single_detail,
     total_variation,
@@ -31,6 +35,26 @@ def test_an_empty_result_is_a_colour_failure_and_counted(flat_views):
     )
     assert [s["color_err"] for s in detail["seeds"]] == [0.0, EMPTY_COLOR_ERR]
     assert detail["color_err"] == pytest.approx(0.5) and detail["empty_results"] == 1
+
+
+def test_the_hole_rate_counts_torus_results_with_a_hole_large_enough(flat_views):
+    def overhead(hole: int) -> torch.Tensor:
+        """A solid square seen from above with a hole of ``hole`` pixels in one row."""
+        top = torch.zeros(HOLE_MIN_PIXELS + 20, HOLE_MIN_PIXELS + 20)
+        top[2:-2, 2:-2] = 1.0
+        top[5, 4 : 4 + hole] = 0.0
+        return top
+
+    blank = flat_views(torch.zeros(2, 8, 8), torch.tensor(COLORS["yellow"]))
+    torus = parse_prompt("a yellow torus")
+    runs = [
+        Result("cfd", torus, seed, replace(blank, overhead=overhead(n)), None, 0.0, 1.0, 1.0, 1.0)
+        for seed, n in enumerate([0, HOLE_MIN_PIXELS - 1, HOLE_MIN_PIXELS, HOLE_MIN_PIXELS + 3])
+    ]
+    detail = hole_detail(runs, replace(blank, overhead=overhead(HOLE_MIN_PIXELS + 5)))
+    assert detail["hole_pixels"] == [0, HOLE_MIN_PIXELS - 1, HOLE_MIN_PIXELS, HOLE_MIN_PIXELS + 3]
+    assert detail["hole_rate"] == 0.5 and detail["hole_pixels_truth"] == HOLE_MIN_PIXELS + 5
+    assert hole_detail([replace(runs[0], prompt=parse_prompt("a red cube"))]) == {}
 
 
 def test_a_perfect_samplers_mode_tv_band():

@@ -5,10 +5,13 @@ from dataclasses import asdict
 import pytest
 import torch
 
+from cfd3d.evaluation.toyworld.setting import EVAL_SIZE, HOLE_MIN_PIXELS
 from cfd3d.evaluation.toyworld.views import (
     WORLD_VIEWS,
     diversity,
     face_by_view,
+    hole_pixels,
+    look,
     mask_iou,
     mean_color,
     world_of,
@@ -92,3 +95,29 @@ def test_face_share_counts_face_coloured_object_pixels_only():
     albedo[1, :2] = red  # view 1: no face
     assert face_by_view(albedo, opacity, "red", FACE_RGB) == pytest.approx([0.25, 0.0])
     assert face_by_view(albedo, opacity, "red", (0.06, 0.06, 0.08)) == [0.0, 0.0]
+
+
+def test_hole_pixels_count_only_background_the_object_encloses():
+    ring = torch.zeros(9, 9)
+    ring[2:7, 2:7] = 1.0
+    ring[4, 4] = 0.3  # one enclosed background pixel
+    assert hole_pixels(ring) == 1
+    ring[4, 2] = 0.0  # a notch in the wall that does not reach the inside
+    assert hole_pixels(ring) == 1
+    ring[4, 3] = 0.0
+    assert hole_pixels(ring) == 0
+    spiral = torch.ones(7, 7)
+    spiral[1, 1:6] = spiral[1:6, 5] = spiral[5, 1:5] = spiral[3:5, 1] = spiral[3, 2:4] = 0.0
+    assert hole_pixels(spiral) == 17  # a winding pocket with no way out
+    spiral[0, 1] = 0.0  # now it opens onto the border
+    assert hole_pixels(spiral) == 0
+    assert hole_pixels(torch.zeros(5, 5)) == 0
+
+
+def test_a_true_torus_shows_its_hole_from_above_and_solids_do_not(shipped_run, shipped_world):
+    holes = {}
+    for shape in ("torus", "cylinder", "cube", "sphere"):
+        views = look(shipped_run, single("yellow", shape), EVAL_SIZE, 100, shipped_world)
+        holes[shape] = hole_pixels(views.overhead)
+    assert holes["torus"] >= 3 * HOLE_MIN_PIXELS  # the threshold is a fraction of the truth's
+    assert holes["cylinder"] == holes["cube"] == holes["sphere"] == 0

@@ -171,7 +171,7 @@ def job_row(job: Job) -> str:
     return job.method if job.base.field == "voxel" else f"{job.method}@{job.base.field}"
 
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 """Bumped when what a cached run holds, or how it is evaluated, changes."""
 
 

@@ -1,9 +1,10 @@
 """How the toy-world evaluation looks at an object: its fixed cameras, sizes and lights.
 
 The evaluation orbit (:data:`ORBIT_VIEWS` views at elevation :data:`ELEVATION`, distance
-:data:`DISTANCE`, fovy :data:`FOVY`: the middle of the training cameras), the figure's
-view, the image sizes, the world views' count and seed, the shadings and the grid of the
-3D measures. ``benchmarks/toyworld.py`` digests these into its cache keys.
+:data:`DISTANCE`, fovy :data:`FOVY`: the middle of the training cameras), the view from
+straight above that finds a torus's hole, the figure's view, the image sizes, the world
+views' count and seed, the shadings and the grid of the 3D measures.
+``benchmarks/toyworld.py`` digests these into its cache keys.
 """
 
 from __future__ import annotations
@@ -36,6 +37,17 @@ HEADLIGHT = replace(WORLD_SHADING, light_jitter=0.0)
 """The toy world's diffuse shading with the light at the camera (probe and figure)."""
 BACK_VIEW = ORBIT_VIEWS // 2
 """Index of azimuth 180° in the orbit (front first)."""
+HOLE_MIN_PIXELS = 25
+"""Enclosed background pixels of the overhead view (:func:`overhead_camera`, at
+:data:`EVAL_SIZE`) from which a result counts as having a hole: about a quarter of the true
+torus's (its hole, radius 0.14, seen through from above: 112 pixels)."""
+
+
+def overhead_camera() -> Cameras:
+    """A camera straight above the object at the orbit's distance and field of view, which
+    looks down through a torus's hole."""
+    one = torch.ones(1)
+    return spherical_cameras(0.0 * one, 90.0 * one, DISTANCE * one, FOVY * one)
 
 
 def evaluation_cameras() -> tuple[Cameras, Cameras]:

@@ -28,7 +28,8 @@ from cfd3d.evaluation.toyworld.classifier import (
 from cfd3d.evaluation.toyworld.composition import judge_composition
 from cfd3d.evaluation.toyworld.jobs import Result
 from cfd3d.evaluation.toyworld.prompts import Composition
-from cfd3d.evaluation.toyworld.views import Views, diversity, mask_iou, mean_color
+from cfd3d.evaluation.toyworld.setting import HOLE_MIN_PIXELS
+from cfd3d.evaluation.toyworld.views import Views, diversity, hole_pixels, mask_iou, mean_color
 from cfd3d.scene.toy import COLORS
 
 
@@ -64,6 +65,23 @@ def mean_or_none(values: list[float]) -> float | None:
     return round(float(np.mean(values)), 4) if values else None
 
 
+def hole_detail(runs: list[Result], truth: Views | None = None) -> dict:
+    """For a torus prompt: each result's enclosed background pixels seen from above
+    (:func:`hole_pixels`) and the share of results with a hole of at least
+    :data:`HOLE_MIN_PIXELS` (``hole_rate``); the ground truth's pixels when given. Empty
+    for other prompts."""
+    if runs[0].prompt.shape != "torus":
+        return {}
+    pixels = [hole_pixels(r.views.overhead) for r in runs if r.views.overhead is not None]
+    detail = {
+        "hole_pixels": pixels,
+        "hole_rate": mean_or_none([float(p >= HOLE_MIN_PIXELS) for p in pixels]),
+    }
+    if truth is not None and truth.overhead is not None:
+        detail["hole_pixels_truth"] = hole_pixels(truth.overhead)
+    return detail
+
+
 def single_detail(runs: list[Result], truth: Views) -> dict:
     """Per-seed mask IoU and colour error of one fully named prompt, and their means."""
     target = torch.tensor(COLORS[runs[0].prompt.color])
@@ -87,6 +105,7 @@ def single_detail(runs: list[Result], truth: Views) -> dict:
         "empty_results": sum(int(s["empty"]) for s in seeds),
         "diversity": round(diversity([r.views for r in runs]), 4),
         "seeds": seeds,
+        **hole_detail(runs, truth),
     }
 
 
@@ -145,6 +164,7 @@ def underspecified_detail(
         "known_acc": round(float(np.mean(known_hits)), 4),
         "diversity": round(diversity([r.views for r in runs]), 4),
         "seeds": seeds,
+        **hole_detail(runs),
     }
 
 
@@ -218,6 +238,7 @@ def summarise(
     noise = sum(r.noise_ms for r in results)
     step = sum(r.step_ms for r in results)
     details = [d for d in per_prompt.values() if "probe_fid" in d]
+    holes = [p for d in per_prompt.values() for p in d.get("hole_pixels", [])]
     return {
         "probe_fid": mean_or_none([d["probe_fid"] for d in details]),
         "probe_fid_seed_std": mean_or_none([d["probe_fid_seed_std"] for d in details]),
@@ -229,6 +250,8 @@ def summarise(
         "diversity": mean_or_none([d["diversity"] for d in singles]),
         "diversity_underspecified": mean_or_none([d["diversity"] for d in unders.values()]),
         "mode_tv": {t: d["mode_tv"] for t, d in unders.items()},
+        "torus_hole_rate": mean_or_none([float(p >= HOLE_MIN_PIXELS) for p in holes]),
+        "torus_runs": len(holes),
         "comp_acc": mean_or_none([float(s["comp_right"]) for s in comp_seeds]),
         "comp_present_acc": mean_or_none([float(v) for s in comp_seeds for v in s["present"]]),
         "comp_shape_acc": mean_or_none([float(v) for s in comp_seeds for v in s["shape"]]),

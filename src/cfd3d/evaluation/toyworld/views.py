@@ -4,8 +4,8 @@
 :class:`Views`: albedo and opacity from the evaluation orbit
 (:mod:`cfd3d.evaluation.toyworld.setting`), headlit renders for the probe, views drawn as
 the prior's training images are (:func:`world_views`) and the figure's tile. On them:
-:func:`mask_iou`, :func:`mean_color`, :func:`diversity` and the head's :func:`face_by_view`;
-on the exported mesh, :func:`mesh_iou`.
+:func:`mask_iou`, :func:`mean_color`, :func:`diversity`, the head's :func:`face_by_view`
+and a torus's hole (:func:`hole_pixels`); on the exported mesh, :func:`mesh_iou`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from cfd3d.evaluation.toyworld.setting import (
     WORLD_VIEW_SEED,
     WORLD_VIEWS,
     evaluation_cameras,
+    overhead_camera,
 )
 from cfd3d.export.mesh import occupancy_grid, volumetric_iou
 from cfd3d.export.video import to_uint8
@@ -59,6 +60,8 @@ class Views:
             cameras, lighting and share of flat albedo; :func:`world_views`), 8-bit
             quantised: what the probe metrics compare with the prior's own samples.
         figure: ``(F, F, 3)`` uint8 headlit front-right view.
+        overhead: ``(S, S)`` opacity seen from straight above (:func:`hole_pixels` reads
+            a torus's hole in it).
         composed: what the composition judge reads (compositions only).
     """
 
@@ -67,6 +70,7 @@ class Views:
     probe: torch.Tensor
     world: torch.Tensor
     figure: np.ndarray
+    overhead: torch.Tensor | None = None
     composed: Composed | None = None
 
 
@@ -141,6 +145,7 @@ def look(
         return renderer(field, cams.to(device), px, px, shading=shading, background=white)
 
     albedo = render(cameras, size, ALBEDO)
+    overhead = render(overhead_camera(), size, ALBEDO).opacity[0, ..., 0].cpu()
     probe = render(cameras, 32, HEADLIGHT).rgb.clamp(0, 1).permute(0, 3, 1, 2)
     probe = ((probe * 255).round() / 255.0).cpu()
     figure = render(figure_camera, size, HEADLIGHT).rgb
@@ -160,6 +165,7 @@ def look(
         probe=probe,
         world=world_views(run, field, seed, world),
         figure=to_uint8(figure.cpu())[0],
+        overhead=overhead,
         composed=composed,
     )
 
@@ -183,6 +189,30 @@ def mean_color(views: Views) -> torch.Tensor | None:
         return None
     albedo = (views.albedo - (1.0 - a)) / a.clamp_min(1e-6)
     return albedo[mask].mean(dim=0)
+
+
+def hole_pixels(opacity: torch.Tensor) -> int:
+    """Background pixels (opacity ≤ 0.5) of one ``(S, S)`` view that the object encloses:
+    those no 4-connected path of background pixels joins to the image's border. Seen from
+    straight above (:attr:`Views.overhead`), a torus's hole; 0 for a disc or a bowl."""
+    background = opacity <= 0.5
+    reached = torch.zeros_like(background)
+    reached[0, :], reached[-1, :], reached[:, 0], reached[:, -1] = (
+        background[0, :],
+        background[-1, :],
+        background[:, 0],
+        background[:, -1],
+    )
+    while True:
+        grown = reached.clone()
+        grown[1:] |= reached[:-1]
+        grown[:-1] |= reached[1:]
+        grown[:, 1:] |= reached[:, :-1]
+        grown[:, :-1] |= reached[:, 1:]
+        grown &= background
+        if torch.equal(grown, reached):
+            return int((background & ~reached).sum())
+        reached = grown
 
 
 def diversity(views: list[Views]) -> float:
