@@ -88,10 +88,10 @@ def timestep_fraction(schedule: TimestepSchedule, step: int, total_steps: int, s
         u = torch.rand((), generator=gen, dtype=torch.float64).item()
         upper = schedule.t_max
         if schedule.kind == "uniform_annealed":
-            upper = max(schedule.t_min, _piecewise_linear(schedule.knots, progress))
+            upper = max(schedule.t_min, piecewise_linear(schedule.knots, progress))
         return schedule.t_min + (upper - schedule.t_min) * u
     if schedule.kind == "annealed":
-        return _piecewise_linear(schedule.knots, progress)
+        return piecewise_linear(schedule.knots, progress)
     if schedule.kind == "linear":
         return schedule.t_max + (schedule.t_min - schedule.t_max) * progress
     if schedule.kind == "sqrt":
@@ -99,7 +99,10 @@ def timestep_fraction(schedule: TimestepSchedule, step: int, total_steps: int, s
     return _dreamtime(schedule, progress)
 
 
-def _piecewise_linear(knots: tuple[tuple[float, float], ...], x: float) -> float:
+def piecewise_linear(knots: tuple[tuple[float, float], ...], x: float) -> float:
+    """The linear interpolant through ``(x, y)`` ``knots`` (x non-decreasing) at ``x``,
+    constant beyond the first and last knot."""
+    x = max(x, knots[0][0])
     for (x0, y0), (x1, y1) in itertools.pairwise(knots):
         if x <= x1 and x1 > x0:
             return y0 + (y1 - y0) * (x - x0) / max(x1 - x0, 1e-12)

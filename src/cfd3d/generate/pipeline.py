@@ -133,7 +133,7 @@ def _toy_stage1(prompt: str) -> GenerateConfig:
 def _toy_stage2(prompt: str) -> GenerateConfig:
     """The same 48³ grid refined from 64² renders (the prior sees their 32² area average,
     anti-aliased edges), timestep 0.21 -> 0.05 (``cpu-demo`` ends at 0.21), a lower
-    learning rate, 150 steps.
+    learning rate, 150 steps, the density factor ``cpu-demo`` ends with held throughout.
 
     Measured with ``benchmarks/toyworld.py --pipeline toy`` (3 prompts x 2 seeds): the
     refinement leaves the silhouettes as they were (mask IoU within ±0.01 per run, mean
@@ -141,8 +141,9 @@ def _toy_stage2(prompt: str) -> GenerateConfig:
     move. None of the variants tried on other seeds (32² renders, a 64³ grid, timesteps
     down to 0.02 or from 0.5, fresh noise, 4 views, 300 steps, Adam's state carried
     over) raised the mean by more than 0.002."""
+    base = preset_config("cpu-demo", prompt)
     return replace(
-        preset_config("cpu-demo", prompt),
+        base,
         preset="toy:stage2",
         steps=150,
         render_size=64,
@@ -150,6 +151,7 @@ def _toy_stage2(prompt: str) -> GenerateConfig:
         lr=0.02,
         gamma_start=1e-3,
         checkpoint_every=50,
+        density_scale=((0.0, base.density_scale_at(base.steps)),),
     )
 
 
@@ -354,6 +356,13 @@ def check_handoff(previous: GenerateConfig, following: GenerateConfig, where: st
             f"{where}: the NeRF settings differ from the previous stage's; a NeRF is handed "
             "on unchanged (only a voxel grid may change resolution)"
         )
+    ends, starts = previous.density_scale_at(previous.steps), following.density_scale_at(0)
+    if following.field == previous.field and ends != starts:
+        raise ConfigError(
+            f"{where}: the previous stage ends with density_scale {ends:g} and this one starts "
+            f"with {starts:g}, which would change the field it hands on; start this stage's "
+            f"density_scale at {ends:g}"
+        )
 
 
 # -------------------------------------------------------------------------- the handoff
@@ -397,7 +406,8 @@ def start_from(run: Run, state: Mapping[str, Any]) -> None:
         field = voxel_state_for(field, previous.voxel, following.voxel)
     try:
         if following.field == "gaussians" and previous.field != "gaussians":
-            _hand_over_to_gaussians(run, previous, field)
+            factor = previous.density_scale_at(int(state["step"]))
+            _hand_over_to_gaussians(run, previous, field, factor)
         else:
             run.field.load_state_dict(field)
         if previous.background == following.background == "environment":
@@ -410,16 +420,18 @@ def start_from(run: Run, state: Mapping[str, Any]) -> None:
 
 
 def _hand_over_to_gaussians(
-    run: Run, previous: GenerateConfig, state: Mapping[str, torch.Tensor]
+    run: Run, previous: GenerateConfig, state: Mapping[str, torch.Tensor], density_scale: float
 ) -> None:
     """Set ``run``'s Gaussians from samples of an earlier voxel or NeRF field's density
-    (:func:`~cfd3d.scene.gaussians.gaussians_from_field`), drawn with ``run``'s seed."""
+    (:func:`~cfd3d.scene.gaussians.gaussians_from_field`; the field's density times the
+    factor of the step its state is from), drawn with ``run``'s seed."""
     source: torch.nn.Module
     if previous.field == "voxel":
         source = VoxelGridField(previous.voxel)
     else:
         source = NeRFField(previous.nerf)
     source.load_state_dict(state)
+    source.density_scale = density_scale
     source.to(run.device)
     generator = torch.Generator().manual_seed(run.config.seed ^ _HANDOVER_STREAM)
     values = gaussians_from_field(

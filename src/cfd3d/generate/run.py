@@ -137,6 +137,7 @@ class Run:
         self.rule = make_rule(config.method, prior, config.seed, config.vsd, config.ism, config.sdi)
         self.step = 0
         self.bad_steps = 0
+        self._sync_density_scale()
         self._conditions = self._embed_prompts()
 
     # ------------------------------------------------------------------ construction
@@ -322,6 +323,7 @@ class Run:
         self.noise.refresh(gamma_at(i, c.steps, c.gamma_start, c.gamma_end))
         t_end = self._clock()
         self.step = i + 1
+        self._sync_density_scale()
         return StepResult(
             step=i,
             t=int(t),
@@ -381,6 +383,13 @@ class Run:
             self.rule.load_state_dict(state["rule"])
         self.step = int(state["step"])
         self.bad_steps = int(state["bad_steps"])
+        self._sync_density_scale()
+
+    def _sync_density_scale(self) -> None:
+        """Give a volume field the density factor of the current step (the config's
+        ``density_scale``; after the last step, the factor the run ends with)."""
+        if hasattr(self.field, "density_scale"):
+            self.field.density_scale = self.config.density_scale_at(self.step)
 
     def save_checkpoint(self, folder: Path) -> Path:
         """Write ``folder/step_NNNNNN.pt`` and prune old ones (see :func:`write_checkpoint`)."""

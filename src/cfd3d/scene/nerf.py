@@ -136,6 +136,8 @@ class NeRFField(nn.Module):
         lean: ``False`` evaluates the reference way (the pure-autograd encoding, every
             activation kept), the twin the lean evaluation is tested against; the values
             and gradients are the same.
+        density_scale: a factor on the density (1; a run sets it from its config's
+            ``density_scale`` schedule, which is not part of the field's state).
     """
 
     def __init__(self, config: NeRFConfig | None = None, generator: torch.Generator | None = None):
@@ -155,6 +157,7 @@ class NeRFField(nn.Module):
                 self.density_mlp = _mlp(dim, config.hidden_dim, config.n_hidden_layers, 1)
                 self.albedo_mlp = _mlp(dim, config.hidden_dim, config.n_hidden_layers, 3)
         self.lean = True
+        self.density_scale = 1.0
 
     def grid_parameters(self) -> list[nn.Parameter]:
         return [self.encoding.table]
@@ -176,7 +179,7 @@ class NeRFField(nn.Module):
         """``(N,)`` density at ``points`` ``(N, 3)`` (skips the albedo MLP; not recomputed in
         backward by itself: :meth:`normals` recomputes around it)."""
         raw = self._raw_density(points, self._encode(points))
-        return density_activation(raw, self.config.density_activation)
+        return density_activation(raw, self.config.density_activation) * self.density_scale
 
     def _recomputed(self) -> bool:
         return self.lean and torch.is_grad_enabled()
@@ -190,7 +193,7 @@ class NeRFField(nn.Module):
     def _evaluate(self, points: torch.Tensor) -> FieldOutput:
         features = self._encode(points)
         raw = self._raw_density(points, features)
-        density = density_activation(raw, self.config.density_activation)
+        density = density_activation(raw, self.config.density_activation) * self.density_scale
         albedo = torch.sigmoid(self.albedo_mlp(features))
         return FieldOutput(density=density, albedo=albedo)
 

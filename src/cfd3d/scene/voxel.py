@@ -57,6 +57,8 @@ class VoxelGridField(nn.Module):
     Attributes:
         raw_density: ``(R, R, R)`` pre-activation density at the vertices (x index first).
         raw_color: ``(R, R, R, 3)`` pre-sigmoid albedo at the vertices.
+        density_scale: a factor on the density (1; a run sets it from its config's
+            ``density_scale`` schedule, which is not part of the field's state).
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class VoxelGridField(nn.Module):
             density = density + config.init_noise * torch.randn(density.shape, generator=generator)
             color = color + config.init_noise * torch.randn(color.shape, generator=generator)
         self.fast_interpolation = True
+        self.density_scale = 1.0
         self.raw_density = nn.Parameter(density)
         self.raw_color = nn.Parameter(color)
 
@@ -97,13 +100,13 @@ class VoxelGridField(nn.Module):
     def density(self, points: torch.Tensor) -> torch.Tensor:
         """``(N,)`` density at ``points`` ``(N, 3)``."""
         raw = self._interpolate(self.raw_density[..., None], points)[:, 0]
-        return F.softplus(raw + self.config.density_shift)
+        return F.softplus(raw + self.config.density_shift) * self.density_scale
 
     def forward(self, points: torch.Tensor) -> FieldOutput:
         """Density ``(N,)`` and albedo ``(N, 3)`` at world-space ``points`` ``(N, 3)``."""
         grid = torch.cat([self.raw_density[..., None], self.raw_color], dim=-1)
         values = self._interpolate(grid, points)
-        density = F.softplus(values[:, 0] + self.config.density_shift)
+        density = F.softplus(values[:, 0] + self.config.density_shift) * self.density_scale
         return FieldOutput(density=density, albedo=torch.sigmoid(values[:, 1:]))
 
     def normals(self, points: torch.Tensor) -> torch.Tensor:
