@@ -1,6 +1,7 @@
-"""A tiny random-weight Stable Diffusion folder written with diffusers and transformers
-alone (no cfd3d code), as a third party's checkpoint would be: the project must load
-what it did not write itself."""
+"""Fixtures of the generate tests: the embedded prior, small ``cpu-demo`` configs, and a
+tiny random-weight Stable Diffusion folder written with diffusers and transformers alone
+(no cfd3d code), as a third party's checkpoint would be: the project must load what it
+did not write itself."""
 
 from __future__ import annotations
 
@@ -9,6 +10,31 @@ import string
 from pathlib import Path
 
 import pytest
+
+SMALL_EXPORT = {"mesh_resolution": 24, "turntable_frames": 3, "turntable_size": 32}
+
+
+@pytest.fixture(scope="module")
+def prior():
+    """The shipped embedded prior."""
+    from cfd3d.priors.registry import load_prior
+
+    return load_prior("embedded")
+
+
+@pytest.fixture
+def small_cpu_demo():
+    """``small_cpu_demo(**overrides)``: the resolved ``cpu-demo`` config of "a red cube"
+    with small exports and ``overrides``."""
+    from dataclasses import replace
+
+    from cfd3d.generate.config import preset_config
+
+    def make(**overrides):
+        base = preset_config("cpu-demo", "a red cube")
+        return replace(base, **{**SMALL_EXPORT, **overrides}).resolved()
+
+    return make
 
 
 def write_third_party_pipeline(folder: Path) -> Path:

@@ -11,37 +11,27 @@ import torch
 
 from cfd3d.cli import main
 from cfd3d.errors import ConfigError
-from cfd3d.generate.config import GenerateConfig, preset_config, save_config
+from cfd3d.generate.config import save_config
 from cfd3d.generate.pipeline import check_handoff, pipeline_config
 from cfd3d.generate.run import Run
-from cfd3d.priors.registry import load_prior
 
-SMALL_EXPORT = {"mesh_resolution": 24, "turntable_frames": 3, "turntable_size": 32}
 RAMP = ((0.25, 1.0), (1.0, 3.0))
 
 
-@pytest.fixture(scope="module")
-def prior():
-    return load_prior("embedded")
-
-
-def _config(**overrides) -> GenerateConfig:
-    base = preset_config("cpu-demo", "a red cube")
-    return replace(base, **{**SMALL_EXPORT, **overrides}).resolved()
-
-
-def test_the_factor_follows_the_knots_and_holds_beyond_them():
-    config = _config(steps=9, density_scale=RAMP)  # progress step / 8
+def test_the_factor_follows_the_knots_and_holds_beyond_them(small_cpu_demo):
+    config = small_cpu_demo(steps=9, density_scale=RAMP)  # progress step / 8
     factors = [config.density_scale_at(step) for step in range(10)]
     assert factors[:3] == [1.0, 1.0, 1.0]  # before the first knot (progress 0.25 at step 2)
     assert factors[5] == pytest.approx(1.0 + 2.0 * (5 / 8 - 0.25) / 0.75)
     assert factors[8] == factors[9] == 3.0  # the last step and the finished run
-    assert _config(steps=9, density_scale=()).density_scale_at(4) == 1.0  # none: 1 throughout
-    assert _config(density_scale=((0.0, 2.5),)).density_scale_at(123) == 2.5
+    assert (
+        small_cpu_demo(steps=9, density_scale=()).density_scale_at(4) == 1.0
+    )  # none: 1 throughout
+    assert small_cpu_demo(density_scale=((0.0, 2.5),)).density_scale_at(123) == 2.5
 
 
-def test_a_run_scales_its_fields_density_by_its_steps_factor_and_resumes(prior):
-    config = _config(steps=5, density_scale=RAMP)
+def test_a_run_scales_its_fields_density_by_its_steps_factor_and_resumes(prior, small_cpu_demo):
+    config = small_cpu_demo(steps=5, density_scale=RAMP)
     run = Run(config, prior)
     points = torch.rand(64, 3) - 0.5
     with torch.no_grad():
@@ -98,8 +88,8 @@ def test_a_later_stage_starts_with_the_factor_the_earlier_one_ends_with():
         ({"field": "gaussians", "density_scale": [[0.0, 2.0]]}, "not to Gaussians"),
     ],
 )
-def test_bad_density_scales_are_one_line(change, needle, tmp_path, capsys):
-    data = json.loads(save_config(_config()))
+def test_bad_density_scales_are_one_line(change, needle, tmp_path, capsys, small_cpu_demo):
+    data = json.loads(save_config(small_cpu_demo()))
     data.update(change)
     path = tmp_path / "c.json"
     path.write_text(json.dumps(data))

@@ -5,29 +5,15 @@ schedule, and one-line errors for bad settings."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from cfd3d.cli import main
-from cfd3d.generate.config import GenerateConfig, preset_config, save_config
+from cfd3d.generate.config import save_config
 from cfd3d.generate.run import Run
-from cfd3d.priors.registry import load_prior
 from cfd3d.render.occupancy import OccupancyConfig
-
-SMALL_EXPORT = {"mesh_resolution": 24, "turntable_frames": 3, "turntable_size": 32}
-
-
-@pytest.fixture(scope="module")
-def prior():
-    return load_prior("embedded")
-
-
-def _config(**overrides) -> GenerateConfig:
-    base = preset_config("cpu-demo", "a red cube")
-    return replace(base, **{**SMALL_EXPORT, **overrides}).resolved()
 
 
 def _grads(run: Run) -> torch.Tensor:
@@ -35,13 +21,13 @@ def _grads(run: Run) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("occupancy", [None, OccupancyConfig(resolution=32)])
-def test_a_deferred_step_has_the_one_pass_gradient(prior, occupancy):
+def test_a_deferred_step_has_the_one_pass_gradient(prior, occupancy, small_cpu_demo):
     """One chunk of all rays draws the random numbers the one-pass render draws, so the two
     steps see the same render and the prior the same image; the gradients agree to float
     summation order."""
     runs = {}
     for mode in ("never", "always"):
-        config = _config(deferred_backward=mode, occupancy=occupancy, chunk_rays=2 * 32 * 32)
+        config = small_cpu_demo(deferred_backward=mode, occupancy=occupancy, chunk_rays=2 * 32 * 32)
         run = Run(config, prior)
         run.take_step()
         runs[mode] = run
@@ -50,15 +36,15 @@ def test_a_deferred_step_has_the_one_pass_gradient(prior, occupancy):
     assert float((deferred - one_pass).norm() / one_pass.norm()) <= 1e-4
 
 
-def test_auto_defers_when_a_step_has_more_rays_than_a_chunk(prior):
-    run = Run(_config(chunk_rays=2048, render_schedule=((3, 64),)), prior)
+def test_auto_defers_when_a_step_has_more_rays_than_a_chunk(prior, small_cpu_demo):
+    run = Run(small_cpu_demo(chunk_rays=2048, render_schedule=((3, 64),)), prior)
     assert not run.config.defers_backward(run.config.render_size_at(0))  # 2 x 32² = 2048
     assert run.config.defers_backward(run.config.render_size_at(3))  # 2 x 64² > 2048
     assert run.config.render_sizes == (32, 64)
 
 
-def test_skipping_deferred_run_resumes_bit_identically(prior):
-    config = _config(
+def test_skipping_deferred_run_resumes_bit_identically(prior, small_cpu_demo):
+    config = small_cpu_demo(
         occupancy=OccupancyConfig(resolution=24, update_every=2, warmup_steps=2),
         deferred_backward="always",
         chunk_rays=700,
@@ -109,8 +95,8 @@ def _one_line_exit_2(tmp_path: Path, capsys, config: dict) -> str:
         ({"render_schedule": [[10, 48]]}, "multiple"),
     ],
 )
-def test_bad_render_settings_are_one_line(change, needle, tmp_path, capsys):
-    data = json.loads(save_config(_config()))
+def test_bad_render_settings_are_one_line(change, needle, tmp_path, capsys, small_cpu_demo):
+    data = json.loads(save_config(small_cpu_demo()))
     data.update(change)
     err = _one_line_exit_2(tmp_path, capsys, data)
     assert needle in err
