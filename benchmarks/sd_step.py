@@ -33,6 +33,11 @@ occupancy grid starts all occupied and learns the (random) field's density at st
 so a random NeRF's blob is what is skipped around. ``--dense`` times the one-pass dense
 marcher instead.
 
+``--field gaussians`` times the step on 3D Gaussians instead of the NeRF: ``sd-gaussians``'s
+initial blob (5000 Gaussians) rendered by :class:`~cfd3d.render.splat.SplatRenderer`
+(``--splat-backend``: gsplat on CUDA when installed, else the pure-PyTorch reference), the
+rest of the step as above (issue 13's GPU figure: ms per CFD step at 512²).
+
 ``--small`` runs a reduced version on the CPU: the same topology at about 1/10 of the
 width (8x8x4 latents of 64x64 images, 8.5M-parameter UNet) and a smaller hash grid, in
 well under a minute on one thread. The full size runs on the CPU too, slowly (minutes per
@@ -43,6 +48,7 @@ Usage::
 
     python benchmarks/sd_step.py [--seed 0] [--small] [--device cuda] [--steps 3]
                                  [--resolution 512] [--low-vram] [--threads 1]
+                                 [--field nerf|gaussians] [--splat-backend auto]
 
 The last line of stdout is one JSON object. Errors a user can cause (no CUDA device,
 a resolution the latent size does not divide) are one line on stderr and exit code 2.
@@ -68,14 +74,17 @@ from cfd3d.distill.loss import gradient_loss
 from cfd3d.distill.timesteps import TimestepSchedule, timestep_fraction
 from cfd3d.errors import ConfigError, UserError
 from cfd3d.evaluation.render_cost import peak_memory_mb
+from cfd3d.generate.config import preset_config
 from cfd3d.noise import NoiseConfig, make_noise
 from cfd3d.priors.sd_random import Preset, build_random_components
 from cfd3d.priors.stable_diffusion import StableDiffusionConfig, StableDiffusionPrior, low_vram
 from cfd3d.render.deferred import render_deferred
 from cfd3d.render.occupancy import OccupancyConfig, OccupancyGrid
 from cfd3d.render.shading import SHADING_MODES, ShadingConfig
+from cfd3d.render.splat import SplatConfig, SplatRenderer, resolve_backend
 from cfd3d.render.volume import RendererConfig, VolumeRenderer
 from cfd3d.scene.encoding import HashGridConfig
+from cfd3d.scene.gaussians import GaussianField
 from cfd3d.scene.nerf import NeRFConfig, NeRFField
 from cfd3d.scene.sampling import CameraSamplerConfig, sample_cameras
 
@@ -199,22 +208,28 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
 
     prior = build_prior(setup, device, args.seed, args.low_vram)
-    nerf = NeRFField(setup.nerf, generator=torch.Generator().manual_seed(args.seed)).to(device)
+    field_generator = torch.Generator().manual_seed(args.seed)
     renderer = VolumeRenderer(
         RendererConfig(n_samples=args.samples or setup.samples, chunk_rays=args.chunk_rays)
     )
     occupancy = None
-    if not args.dense:
-        occupancy = OccupancyGrid(OccupancyConfig(), nerf.config.bound).to(device)
+    splatter = None
+    if args.field == "gaussians":
+        gaussians = preset_config("sd-gaussians", PROMPT).gaussians
+        field: torch.nn.Module = GaussianField(gaussians, generator=field_generator).to(device)
+        backend = resolve_backend(args.splat_backend, device)
+        splatter = SplatRenderer(SplatConfig(backend=backend))
+        groups = field.parameter_groups()
+    else:
+        field = NeRFField(setup.nerf, generator=field_generator).to(device)
+        if not args.dense:
+            occupancy = OccupancyGrid(OccupancyConfig(), field.config.bound).to(device)
+        groups = [
+            {"params": field.grid_parameters(), "lr": 1e-2},
+            {"params": field.mlp_parameters(), "lr": 1e-3},
+        ]
     noise = make_noise(NoiseConfig(kind="integral", seed=args.seed), prior.input_shape)
-    optimiser = torch.optim.Adam(
-        [
-            {"params": nerf.grid_parameters(), "lr": 1e-2},
-            {"params": nerf.mlp_parameters(), "lr": 1e-3},
-        ],
-        betas=(0.9, 0.99),
-        eps=1e-15,
-    )
+    optimiser = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
     condition = prior.condition(PROMPT, negative_prompt=NEGATIVE_PROMPT, batch_size=args.batch)
     cameras_generator = torch.Generator().manual_seed(args.seed)
     render_generator = torch.Generator(device=device).manual_seed(args.seed)
@@ -229,13 +244,23 @@ def run(args: argparse.Namespace) -> int:
         deferred = None
         with timer("render"):
             if occupancy is not None:
-                occupancy.update(nerf.density, index)
+                occupancy.update(field.density, index)
             cameras = sample_cameras(
                 CameraSamplerConfig(), args.batch, cameras_generator, device=device
             )
-            if args.dense:
+            if splatter is not None:
+                render = splatter(
+                    field,  # type: ignore[arg-type]
+                    cameras,
+                    resolution,
+                    resolution,
+                    shading=args.shading,
+                    generator=render_generator,
+                )
+                image = render.rgb
+            elif args.dense:
                 render = renderer(
-                    nerf,
+                    field,
                     cameras,
                     resolution,
                     resolution,
@@ -246,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
             else:
                 deferred = render_deferred(
                     renderer,
-                    nerf,
+                    field,
                     cameras,
                     resolution,
                     resolution,
@@ -288,8 +313,15 @@ def run(args: argparse.Namespace) -> int:
         "resolution": resolution,
         "prior_input": list(prior.input_shape),
         "batch": args.batch,
-        "samples_per_ray": renderer.config.n_samples,
-        "marcher": "dense" if args.dense else "skipping+deferred",
+        "field": args.field,
+        "samples_per_ray": renderer.config.n_samples if splatter is None else None,
+        "marcher": (
+            f"splat:{splatter.config.backend}"
+            if splatter is not None
+            else "dense"
+            if args.dense
+            else "skipping+deferred"
+        ),
         "chunk_rays": args.chunk_rays,
         "shading": args.shading,
         "unet_params": sum(p.numel() for p in prior.unet.parameters()),
@@ -341,6 +373,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--chunk-rays", type=int, default=16384, help="rays re-rendered with graph at a time"
+    )
+    parser.add_argument(
+        "--field",
+        choices=("nerf", "gaussians"),
+        default="nerf",
+        help="the hash-grid NeRF (sd-stage1) or 3D Gaussians (sd-gaussians' initial blob)",
+    )
+    parser.add_argument(
+        "--splat-backend",
+        choices=("auto", "torch", "gsplat"),
+        default="auto",
+        help="the Gaussians' rasteriser (auto: gsplat on CUDA when installed)",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     return parser.parse_args(argv)

@@ -8,7 +8,9 @@ OUT="${1:-out/gpu-checks}"
 mkdir -p "$OUT"
 PY=.venv/bin/python
 $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))" | tee "$OUT/device.txt"
-# CUDA twins of the pure-PyTorch paths (skipped on CPU-only machines).
+# CUDA twins of the pure-PyTorch paths (skipped on CPU-only machines; the gsplat twin,
+# tests/render/test_splat_gsplat.py, also skips unless gsplat is installed: pip install
+# 'cfd3d[gs]' before, where the device has a network).
 .venv/bin/pytest -q -rs tests/render tests/scene tests/priors/test_mvdream.py 2>&1 | tail -5 | tee "$OUT/pytest.txt"
 # Render + backward against resolution on the GPU (CUDA max_memory_allocated).
 $PY benchmarks/render_scale.py --seed 0 --device cuda | tail -1 | tee "$OUT/render_scale.json"
@@ -17,3 +19,6 @@ $PY benchmarks/sd_step.py --seed 0 --device cuda --resolution 512 --steps 5 --sh
     | tail -1 | tee "$OUT/sd_step_512.json"
 $PY benchmarks/sd_step.py --seed 0 --device cuda --resolution 128 --steps 5 --shading diffuse \
     | tail -1 | tee "$OUT/sd_step_128.json"
+# The same step on 3D Gaussians (sd-gaussians' blob; gsplat when installed, else torch).
+$PY benchmarks/sd_step.py --seed 0 --device cuda --resolution 512 --steps 5 --shading diffuse \
+    --field gaussians | tail -1 | tee "$OUT/sd_step_512_gaussians.json"

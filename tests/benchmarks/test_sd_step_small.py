@@ -62,3 +62,19 @@ def test_a_chunk_size_that_is_not_positive_is_one_line():
     assert proc.stderr.strip().splitlines() == [
         "error: --chunk-rays must be a positive integer, got 0"
     ]
+
+
+def test_a_step_on_gaussians_reports_the_split():
+    proc = run_script("--small", "--steps", "1", "--threads", "1", "--field", "gaussians")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (result["field"], result["marcher"]) == ("gaussians", "splat:torch")  # no CUDA here
+    assert set(result["split_ms"]) == PHASES
+    assert all(ms > 0 for ms in result["split_ms"].values())
+
+
+def test_gsplat_without_a_cuda_device_is_one_line():
+    proc = run_script("--small", "--field", "gaussians", "--splat-backend", "gsplat")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "gsplat" in lines[0] and lines[0].startswith("error: ")
