@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from cfd3d.errors import ConfigError, UserError
+from cfd3d.export.formats import check_format
 from cfd3d.generate.config import GenerateConfig, config_from_dict, config_to_dict
 from cfd3d.priors.registry import load_prior
 
@@ -81,6 +82,13 @@ def _mutate(value, rng: random.Random):
         2**70,
     ]
     return rng.choice(odd)
+
+
+def test_a_long_unknown_mesh_format_is_one_short_line():
+    with pytest.raises(ConfigError, match="unknown mesh format") as caught:
+        check_format("x" * 5000)
+    _check_message(caught.value)
+    assert "5000 characters" in str(caught.value)
 
 
 def test_random_config_values_are_accepted_or_one_line():

@@ -16,6 +16,7 @@ from trimesh.exchange.ply import export_ply
 from trimesh.visual.material import PBRMaterial
 
 from cfd3d.errors import ConfigError
+from cfd3d.text import quote
 
 EXPORT_FORMATS = ("glb", "obj", "ply")
 """Mesh formats :func:`mesh_to_bytes` writes; the first is the default."""
@@ -39,7 +40,7 @@ def check_format(fmt: str) -> str:
     """
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(
-            f"unknown mesh format {fmt!r}; choose one of: {', '.join(EXPORT_FORMATS)}"
+            f"unknown mesh format '{quote(str(fmt))}'; choose one of: {', '.join(EXPORT_FORMATS)}"
         )
     return fmt
 
