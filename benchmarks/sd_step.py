@@ -248,19 +248,9 @@ def run(args: argparse.Namespace) -> int:
             cameras = sample_cameras(
                 CameraSamplerConfig(), args.batch, cameras_generator, device=device
             )
-            if splatter is not None:
-                render = splatter(
+            if splatter is not None or args.dense:  # one pass with graph
+                render = (splatter or renderer)(
                     field,  # type: ignore[arg-type]
-                    cameras,
-                    resolution,
-                    resolution,
-                    shading=args.shading,
-                    generator=render_generator,
-                )
-                image = render.rgb
-            elif args.dense:
-                render = renderer(
-                    field,
                     cameras,
                     resolution,
                     resolution,
