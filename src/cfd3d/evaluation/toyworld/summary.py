@@ -65,6 +65,11 @@ def mean_or_none(values: list[float]) -> float | None:
     return round(float(np.mean(values)), 4) if values else None
 
 
+def hole_rate(pixels: list[int]) -> float | None:
+    """The share of ``pixels`` (:func:`hole_pixels` of results) that count as a hole."""
+    return mean_or_none([float(p >= HOLE_MIN_PIXELS) for p in pixels])
+
+
 def hole_detail(runs: list[Result], truth: Views | None = None) -> dict:
     """For a torus prompt: each result's enclosed background pixels seen from above
     (:func:`hole_pixels`) and the share of results with a hole of at least
@@ -75,7 +80,7 @@ def hole_detail(runs: list[Result], truth: Views | None = None) -> dict:
     pixels = [hole_pixels(r.views.overhead) for r in runs if r.views.overhead is not None]
     detail = {
         "hole_pixels": pixels,
-        "hole_rate": mean_or_none([float(p >= HOLE_MIN_PIXELS) for p in pixels]),
+        "hole_rate": hole_rate(pixels),
     }
     if truth is not None and truth.overhead is not None:
         detail["hole_pixels_truth"] = hole_pixels(truth.overhead)
@@ -250,7 +255,7 @@ def summarise(
         "diversity": mean_or_none([d["diversity"] for d in singles]),
         "diversity_underspecified": mean_or_none([d["diversity"] for d in unders.values()]),
         "mode_tv": {t: d["mode_tv"] for t, d in unders.items()},
-        "torus_hole_rate": mean_or_none([float(p >= HOLE_MIN_PIXELS) for p in holes]),
+        "torus_hole_rate": hole_rate(holes),
         "torus_runs": len(holes),
         "comp_acc": mean_or_none([float(s["comp_right"]) for s in comp_seeds]),
         "comp_present_acc": mean_or_none([float(v) for s in comp_seeds for v in s["present"]]),
