@@ -51,10 +51,14 @@ Compositions (``--compositions "a red cube on top of a blue sphere" ...``, defau
 * ``present``: each named colour covers at least ``MIN_PIXELS`` pixels (the pixel
   segmentation, :func:`~cfd3d.evaluation.toyworld.judges.segment`) in at least half of the
   orbit's 32² views;
-* ``shape``: each object's shape, named by the probe on crops of the orbit renders
+* ``shape``: each object's shape, named by the crop probe on crops of the orbit renders
   (:func:`object_crops`: the pixels that colour explains better than the other, re-centred
   on white and magnified by ``1 / COMPOSITION_SCALE`` to a single object's size), is the
-  named one in most of the views where its colour is present;
+  named one in most of the views where its colour is present. The crop probe is the probe
+  trained on ground-truth pair crops besides the single renders
+  (:func:`train_crop_probe`: :data:`CROP_VIEWS` random true pairs seen as the orbit sees
+  them); ``crop_probe`` reports its accuracy on held-out truth crops, and that of the
+  single-render probe on them;
 * ``relation``: from the 3D field (:func:`colour_centroids`): the centroids of the
   field's surface cells (at the mesh export's automatic density level) whose albedo is
   nearest each named colour; "on" is right when the first lies at least
@@ -169,7 +173,15 @@ from cfd3d.evaluation.toyworld.classifier import (
     quantise,
     train_probe,
 )
-from cfd3d.evaluation.toyworld.composition import MIN_SEPARATION, judge_composition, verdict_text
+from cfd3d.evaluation.toyworld.composition import (
+    CROP_SEED,
+    CROP_VIEWS,
+    MIN_SEPARATION,
+    crop_data,
+    judge_composition,
+    train_crop_probe,
+    verdict_text,
+)
 from cfd3d.evaluation.toyworld.jobs import (
     ABLATIONS,
     FIELD_PRESETS,
@@ -282,6 +294,19 @@ def fmt(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def crop_probe_text(report: dict | None) -> str:
+    """A sentence on the crop probe's accuracy (none for results without one)."""
+    if report is None:
+        return ""
+    return (
+        f" The crop probe (single renders and {report['n_train']} crops of random true "
+        f"pairs) names the shape of {fmt(report['shape_acc'])} of {report['n_test']} "
+        f"held-out truth crops (the probe of single renders alone: "
+        f"{fmt(report['single_probe_shape_acc'])}) and the colour of "
+        f"{fmt(report['color_acc'])}."
+    )
+
+
 def composition_lines(result: dict, methods: list[str]) -> list[str]:
     """The markdown section on compositions (none without them)."""
     truth = result.get("comp_judge_gt")
@@ -294,14 +319,14 @@ def composition_lines(result: dict, methods: list[str]) -> list[str]:
         f"{len(result['config']['compositions'])} two-object prompts × "
         f"{result['config']['comp_seeds']} seeds. Right: both named colours present (≥ "
         f"{MIN_PIXELS} pixels in at least half of the orbit's 32² views), both "
-        "shapes named by the probe on each object's crop (its colour's pixels, re-centred on "
-        "white at a single object's scale; majority over the views), and the relation "
-        "from the distilled field's 3D geometry (centroids of the surface cells nearest "
+        "shapes named by the crop probe on each object's crop (its colour's pixels, "
+        "re-centred on white at a single object's scale; majority over the views), and the "
+        "relation from the distilled field's 3D geometry (centroids of the surface cells nearest "
         f"each colour, ordered by at least {MIN_SEPARATION:g} along +z for “on top of”, "
         "along −y, the left seen from the front, for “next to”). The judge on the ground "
         f"truth: right {fmt(truth['comp_right'])}, colours {fmt(truth['present'])}, shapes "
         f"{fmt(truth['shape'])}, relation {fmt(truth['relation'])}, swapped relation "
-        f"accepted {fmt(truth['relation_swapped'])}.",
+        f"accepted {fmt(truth['relation_swapped'])}." + crop_probe_text(result.get("crop_probe")),
         "",
         "| method | comp acc | colours present | shapes | relation | per prompt (right) |",
         "|---|---|---|---|---|---|",
@@ -553,6 +578,23 @@ def run(args: argparse.Namespace) -> int:
     probe = train_probe(train_data, epochs, PROBE_TRAIN_SEED)
     test_data = probe_data(n_test, probe_seed + 1, world)
     probe_color, probe_shape = probe_accuracy(probe, test_data)
+    crop_probe, crop_report = None, None
+    if comps:
+        print("training the composition judge's probe on ground-truth crops", file=sys.stderr)
+        n_crop_train, n_crop_test = (16, 8) if quick else CROP_VIEWS
+        crop_seed = CROP_SEED + 2 * PROBE_TRAIN_SEED
+        crops = crop_data(n_crop_train, crop_seed, size)
+        crop_probe = train_crop_probe(train_data, crops, epochs, PROBE_TRAIN_SEED)
+        crop_test = crop_data(n_crop_test, crop_seed + 1, size)
+        crop_color, crop_shape = probe_accuracy(crop_probe, crop_test)
+        single_crop_shape = probe_accuracy(probe, crop_test)[1]
+        crop_report = {
+            "color_acc": round(crop_color, 4),
+            "shape_acc": round(crop_shape, 4),
+            "single_probe_shape_acc": round(single_crop_shape, 4),
+            "n_train": len(crops.shape),
+            "n_test": len(crop_test.shape),
+        }
 
     prior_freq: dict[str, torch.Tensor] = {}
     prior_classes: dict[str, dict[str, float]] = {}
@@ -618,7 +660,7 @@ def run(args: argparse.Namespace) -> int:
             if truth is not None:
                 truths.setdefault(prompt.text, truth)
             verdict = "composition " + verdict_text(
-                judge_composition(result.views.composed, prompt, probe)
+                judge_composition(result.views.composed, prompt, crop_probe)
             )
         elif truth is not None:
             truths.setdefault(prompt.text, truth)
@@ -687,6 +729,7 @@ def run(args: argparse.Namespace) -> int:
             probe,
             prior_freq,
             prior_features,
+            crop_probe,
         )
         for m in rows
     }
@@ -708,7 +751,8 @@ def run(args: argparse.Namespace) -> int:
         prior_reference[p.text]["probe_clip_truth"] = round(truth_clip[-1], 4)
     result["truth"] = {"probe_fid": mean_or_none(truth_fid), "probe_clip": mean_or_none(truth_clip)}
     if comps:
-        result["comp_judge_gt"] = composition_truth(truths, comps, probe)
+        result["comp_judge_gt"] = composition_truth(truths, comps, crop_probe)
+        result["crop_probe"] = crop_report
     result["prior_reference"] = prior_reference
     result["probe"] = {
         "color_acc": round(probe_color, 4),

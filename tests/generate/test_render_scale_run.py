@@ -12,8 +12,9 @@ import torch
 
 from cfd3d.cli import main
 from cfd3d.generate.config import save_config
-from cfd3d.generate.run import Run
+from cfd3d.generate.run import Run, step_generator
 from cfd3d.render.occupancy import OccupancyConfig
+from cfd3d.scene.sampling import sample_cameras
 
 
 def _grads(run: Run) -> torch.Tensor:
@@ -34,6 +35,31 @@ def test_a_deferred_step_has_the_one_pass_gradient(prior, occupancy, small_cpu_d
     one_pass, deferred = _grads(runs["never"]), _grads(runs["always"])
     assert one_pass.norm() > 0
     assert float((deferred - one_pass).norm() / one_pass.norm()) <= 1e-4
+
+
+def test_sparsity_joins_the_gradient_of_both_paths(prior, small_cpu_demo):
+    """The opacity penalty reaches the field on the one-pass and the deferred path alike,
+    and moves the gradient by what it adds: λ · d(Σ opacity)/dθ."""
+    grads = {}
+    for sparsity in (0.0, 0.5):
+        for mode in ("never", "always"):
+            config = small_cpu_demo(
+                deferred_backward=mode, chunk_rays=2 * 32 * 32, sparsity=sparsity
+            )
+            run = Run(config, prior)
+            run.take_step()
+            grads[sparsity, mode] = _grads(run)
+    for sparsity in (0.0, 0.5):
+        one_pass, deferred = grads[sparsity, "never"], grads[sparsity, "always"]
+        assert float((deferred - one_pass).norm() / one_pass.norm()) <= 1e-4
+    run = Run(small_cpu_demo(), prior)  # the penalty's own gradient, from the same render
+    gen = step_generator(run.config.seed, 0)
+    cameras = sample_cameras(run.config.cameras, run.config.views_per_step, gen)
+    out = run.render(cameras, 32, run.shading_for(gen), gen)
+    (0.5 * out.opacity.sum()).backward()
+    added = grads[0.5, "never"] - grads[0.0, "never"]
+    assert added.norm() > 0
+    assert float((added - _grads(run)).norm() / added.norm()) <= 1e-3
 
 
 def test_auto_defers_when_a_step_has_more_rays_than_a_chunk(prior, small_cpu_demo):
@@ -93,6 +119,8 @@ def _one_line_exit_2(tmp_path: Path, capsys, config: dict) -> str:
         ({"deferred_backward": "sometimes"}, "deferred_backward"),
         ({"render_schedule": [[10, 64], [5, 128]]}, "render_schedule"),
         ({"render_schedule": [[10, 48]]}, "multiple"),
+        ({"sparsity": -0.1}, "sparsity must be >= 0"),
+        ({"sparsity": float("nan")}, "sparsity"),
     ],
 )
 def test_bad_render_settings_are_one_line(change, needle, tmp_path, capsys, small_cpu_demo):

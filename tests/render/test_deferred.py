@@ -81,6 +81,62 @@ def test_deferred_equals_one_pass_nerf_diffuse_environment(chunk_rays):
     assert _rel(got, expected) <= 1e-4
 
 
+def test_deferred_takes_a_gradient_on_opacity_too():
+    """A regulariser's gradient on the opacity (``sparsity``) is back-propagated with the
+    colour's: the same parameter gradients as one pass."""
+    field, background = _voxel(), RandomColorBackground()
+    renderer = VolumeRenderer(RendererConfig(n_samples=24))
+    cams = orbit(2, elevation_deg=30.0, distance=1.4)
+    shading = ShadingConfig(mode="diffuse")
+    gen = torch.Generator().manual_seed(3)
+    grad = torch.randn(2, 10, 10, 3, generator=gen)
+    grad_opacity = torch.rand(2, 10, 10, 1, generator=gen)
+
+    out = renderer(
+        field,
+        cams,
+        10,
+        10,
+        shading=shading,
+        background=background,
+        generator=torch.Generator().manual_seed(4),
+    )
+    ((out.rgb * grad).sum() + (out.opacity * grad_opacity).sum()).backward()
+    expected = _grads(field)
+    _zero(field)
+    deferred = render_deferred(
+        renderer,
+        field,
+        cams,
+        10,
+        10,
+        shading=shading,
+        background=background,
+        generator=torch.Generator().manual_seed(4),
+        chunk_rays=33,
+    )
+    deferred.backward(grad)
+    colour_only = _grads(field)
+    _zero(field)
+    deferred = render_deferred(
+        renderer,
+        field,
+        cams,
+        10,
+        10,
+        shading=shading,
+        background=background,
+        generator=torch.Generator().manual_seed(4),
+        chunk_rays=33,
+    )
+    deferred.backward(grad, grad_opacity)
+    got = _grads(field)
+    assert _rel(got, expected) <= 1e-4
+    assert _rel(colour_only, expected) > 1e-2  # the opacity term is not negligible here
+    with pytest.raises(ValueError, match="grad_opacity"):
+        deferred.backward(grad, torch.zeros(2, 10, 10, 3))
+
+
 def test_deferred_replays_the_random_draws():
     """Jittered samples, random lights and random background colours come back identical
     in the re-render, so the gradient matches a one-pass render with the same draws."""

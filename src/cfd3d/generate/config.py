@@ -85,6 +85,12 @@ class GenerateConfig:
             distillation leaves around an object opaque, so the prior sees it and keeps
             only what belongs to the object: renders, mesh and silhouettes then agree
             (:meth:`density_scale_at`).
+        sparsity: weight of an opacity penalty, DreamFusion's regulariser against matter
+            where nothing is needed: ``sparsity * sum(opacity)`` over every rendered
+            pixel joins the loss, so each pixel's opacity is pulled down by this much
+            against the prior's gradient (which is of the order of 0.01-1 per pixel on
+            the embedded prior). Matter that the prior cannot tell from the background
+            (white stuffing a torus's hole, seen against white) then goes; 0 turns it off.
         chunk_rays: rays rendered with an autograd graph at a time; bounds the renderer's
             peak memory (smaller for GPUs with little memory).
         deferred_backward: ``"auto"`` renders without graph and back-propagates the
@@ -161,6 +167,7 @@ class GenerateConfig:
     render_size: int = 32
     render_schedule: tuple[tuple[int, int], ...] = ()
     density_scale: tuple[tuple[float, float], ...] = ()
+    sparsity: float = 0.0
     chunk_rays: int = 16384
     deferred_backward: str = "auto"
     n_samples: int = 64
@@ -281,6 +288,8 @@ class GenerateConfig:
             raise ConfigError(
                 f"termination must lie strictly between 0 and 1, got {self.termination}"
             )
+        if not self.sparsity >= 0.0:
+            raise ConfigError(f"sparsity must be >= 0 (0 turns it off), got {self.sparsity}")
         if self.perp_neg < 0.0:
             raise ConfigError(f"perp_neg must be >= 0 (0 turns it off), got {self.perp_neg}")
         if self.guidance_scale < 0.0 or self.lr <= 0.0 or self.lr_mlp <= 0.0:

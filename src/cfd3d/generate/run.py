@@ -302,11 +302,17 @@ class Run:
         )
         t_prior = self._clock()
         loss = gradient_loss(z, grad)
+        if c.sparsity > 0.0 and deferred is None:
+            loss = loss + c.sparsity * out.opacity.sum()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if deferred is not None:
             assert image.grad is not None
-            deferred.backward(image.grad)
+            sparsity = None
+            if c.sparsity > 0.0:
+                sparsity = torch.full_like(out.opacity, c.sparsity)
+                loss = loss + c.sparsity * out.opacity.sum()
+            deferred.backward(image.grad, sparsity)
         finite = math.isfinite(float(loss.detach())) and all(
             bool(torch.isfinite(p.grad).all())
             for group in self.optimizer.param_groups

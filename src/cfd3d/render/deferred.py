@@ -105,7 +105,10 @@ class DeferredRender:
         )
 
     def _render(
-        self, generator: torch.Generator | None, grad_rgb: torch.Tensor | None
+        self,
+        generator: torch.Generator | None,
+        grad_rgb: torch.Tensor | None,
+        grad_opacity: torch.Tensor | None = None,
     ) -> RenderOutput:
         """Walk the chunks: collect the image (``grad_rgb is None``) or back-propagate.
 
@@ -118,6 +121,7 @@ class DeferredRender:
         background_rgb = None
         if grad_rgb is not None:
             grad = grad_rgb.reshape(-1, 3)
+            extra = None if grad_opacity is None else grad_opacity.reshape(-1, 1)
             # The background is drawn after the chunks, but its colour is needed to split
             # the gradient; a generator copy at the chunks' end state draws it early.
             background_rgb = self._background_after_chunks(rays, generator)
@@ -129,8 +133,10 @@ class DeferredRender:
                 pieces.append(piece)
                 continue
             g = grad[sel]
-            grad_opacity = -(g * background_flat[sel]).sum(dim=-1, keepdim=True)
-            surrogate = (piece.color * g).sum() + (piece.opacity * grad_opacity).sum()
+            g_opacity = -(g * background_flat[sel]).sum(dim=-1, keepdim=True)
+            if extra is not None:
+                g_opacity = g_opacity + extra[sel]
+            surrogate = (piece.color * g).sum() + (piece.opacity * g_opacity).sum()
             if surrogate.requires_grad:
                 surrogate.backward()
         if grad_rgb is not None:
@@ -167,15 +173,26 @@ class DeferredRender:
             rgb=rgb, opacity=opacity, depth=image([p.depth for p in pieces]), normal=normal
         )
 
-    def backward(self, grad_rgb: torch.Tensor) -> None:
+    def backward(self, grad_rgb: torch.Tensor, grad_opacity: torch.Tensor | None = None) -> None:
         """Accumulate parameter gradients for the loss gradient ``grad_rgb``
-        ``(B, H, W, 3)`` on :attr:`output` ``.rgb``, one chunk's graph at a time."""
+        ``(B, H, W, 3)`` on :attr:`output` ``.rgb`` and, if given, a loss term's own
+        gradient ``grad_opacity`` ``(B, H, W, 1)`` on ``.opacity`` (a regulariser's), one
+        chunk's graph at a time."""
         if grad_rgb.shape != self.output.rgb.shape:
             raise ValueError(
                 f"grad_rgb must be {tuple(self.output.rgb.shape)}, got {tuple(grad_rgb.shape)}"
             )
+        if grad_opacity is not None and grad_opacity.shape != self.output.opacity.shape:
+            raise ValueError(
+                f"grad_opacity must be {tuple(self.output.opacity.shape)}, "
+                f"got {tuple(grad_opacity.shape)}"
+            )
         with torch.enable_grad():
-            self._render(_copy_generator(self._start_state), grad_rgb.detach())
+            self._render(
+                _copy_generator(self._start_state),
+                grad_rgb.detach(),
+                None if grad_opacity is None else grad_opacity.detach(),
+            )
 
 
 def render_deferred(

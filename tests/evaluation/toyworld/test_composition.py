@@ -2,8 +2,9 @@
 
 import torch
 
-from cfd3d.evaluation.toyworld.composition import relation_holds
-from cfd3d.evaluation.toyworld.judges import FOREGROUND, MIN_PIXELS
+from cfd3d.evaluation.toyworld.classifier import PROBE_SIZE
+from cfd3d.evaluation.toyworld.composition import crop_data, relation_holds
+from cfd3d.evaluation.toyworld.judges import FOREGROUND, MIN_PIXELS, segment
 from cfd3d.evaluation.toyworld.prompts import COMPOSITIONS, parse_composition
 from cfd3d.evaluation.toyworld.setting import HEADLIGHT, evaluation_cameras
 from cfd3d.evaluation.toyworld.views import look
@@ -46,3 +47,19 @@ def test_the_composition_judge_passes_the_truth_and_refuses_the_swap_and_a_smear
     assert not relation_holds(composed.centroids, "on")
     assert not relation_holds(composed.centroids, "next_to")
     assert not torch.isnan(composed.centroids).any()
+
+
+def test_crop_data_labels_each_crop_with_the_object_it_shows():
+    """Every crop of a random true pair shows mostly its labelled colour (the other object
+    is cut away), no hidden object gives a crop, and the crops follow the seed."""
+    data = crop_data(6, seed=3, size=32)
+    assert 6 <= len(data.shape) <= 12
+    assert data.images.shape[1:] == (3, PROBE_SIZE, PROBE_SIZE)
+    labels = segment(data.images)
+    for i in range(len(data.shape)):
+        shown = labels[i][labels[i] >= 0]
+        assert shown.numel() >= MIN_PIXELS
+        assert int(torch.mode(shown).values) == int(data.color[i]), i
+    again = crop_data(6, seed=3, size=32)
+    assert torch.equal(again.images, data.images) and torch.equal(again.shape, data.shape)
+    assert not torch.equal(crop_data(6, seed=4, size=32).images, data.images)

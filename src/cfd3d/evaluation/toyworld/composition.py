@@ -19,8 +19,11 @@ from cfd3d.evaluation.toyworld.classifier import (
     COLOR_NAMES,
     PROBE_SHAPES,
     PROBE_SIZE,
+    LabelledImages,
+    Probe,
     classify,
     majority,
+    train_probe,
 )
 from cfd3d.evaluation.toyworld.judges import (
     FOREGROUND,
@@ -30,15 +33,35 @@ from cfd3d.evaluation.toyworld.judges import (
     shade_residual,
 )
 from cfd3d.evaluation.toyworld.prompts import Composition
-from cfd3d.evaluation.toyworld.setting import MESH_IOU_RESOLUTION
+from cfd3d.evaluation.toyworld.setting import (
+    DISTANCE,
+    ELEVATION,
+    EVAL_SIZE,
+    FOVY,
+    HEADLIGHT,
+    MESH_IOU_RESOLUTION,
+)
 from cfd3d.export.mesh import auto_threshold, cell_centres
-from cfd3d.scene.toy import COLORS, COMPOSITION_SCALE
+from cfd3d.priors.embedded.world import BASIC_SHAPES
+from cfd3d.render.volume import RendererConfig, VolumeRenderer
+from cfd3d.scene.cameras import spherical_cameras
+from cfd3d.scene.toy import COLORS, COMPOSITION_SCALE, RELATIONS, pair
 
 MIN_SEPARATION = 0.05
 """World units by which a composition's centroids must be ordered (the true pairs are
 0.14-0.6 apart; a smear of both colours is not a relation)."""
 MIN_CELLS = 8
 """Surface cells a colour needs in the field for its centroid to count."""
+CROP_VIEWS = (1500, 400)
+"""Ground-truth pair views of the crop probe's training and test crops (about two crops a
+view). With 1500, the probe named the shapes of 93.7 % of 797 held-out truth crops, against
+76.8 % for the probe of single renders alone; rendering them takes about 2 minutes on one
+CPU thread."""
+CROP_SEED = 5000
+"""Crop views use seeds ``CROP_SEED + 2 * seed`` (train) and ``+ 1`` (test)."""
+CROP_ELEVATIONS = (ELEVATION - 15.0, ELEVATION + 15.0)
+"""Elevations (degrees) of the ground-truth pair views the crop probe learns from: the
+evaluation orbit's, with room either side."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +182,65 @@ def relation_holds(centroids: torch.Tensor, relation: str) -> bool:
     first, second = centroids
     gap = first[2] - second[2] if relation == "on" else second[1] - first[1]
     return bool(gap >= MIN_SEPARATION)
+
+
+def crop_data(n_views: int, seed: int, size: int = EVAL_SIZE) -> LabelledImages:
+    """Crops (:func:`object_crops`) of ground-truth pairs, labelled with each object's colour
+    and shape: what the composition judge shows the probe, from truth it has never judged.
+
+    Each of ``n_views`` views shows a random pair of basic shapes in two different colours
+    and a random relation, seen as the evaluation orbit sees (its distance and field of
+    view, headlit, ``size``² and 8-bit) from a random azimuth and an elevation in
+    :data:`CROP_ELEVATIONS`; an object whose colour covers fewer than :data:`MIN_PIXELS`
+    pixels there (hidden behind the other) gives no crop.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    renderer = VolumeRenderer(RendererConfig(n_samples=64))
+    colors = list(COLORS)
+
+    def pick(options) -> str:
+        return options[int(torch.randint(0, len(options), (), generator=gen))]
+
+    crops, color_labels, shape_labels = [], [], []
+    for _ in range(n_views):
+        ca, cb = pick(colors), pick(colors)
+        while cb == ca:
+            cb = pick(colors)
+        sa, sb = pick(BASIC_SHAPES), pick(BASIC_SHAPES)
+        scene = pair(ca, sa, pick(list(RELATIONS)), cb, sb)
+        azimuth = 360.0 * torch.rand(1, generator=gen)
+        low, high = CROP_ELEVATIONS
+        elevation = low + (high - low) * torch.rand(1, generator=gen)
+        one = torch.ones(1)
+        camera = spherical_cameras(azimuth, elevation, DISTANCE * one, FOVY * one)
+        with torch.no_grad():
+            rgb = renderer(scene, camera, size, size, shading=HEADLIGHT).rgb
+        image = (rgb.clamp(0, 1) * 255).round().permute(0, 3, 1, 2) / 255.0
+        seen = colour_pixels(image, (ca, cb))[:, 0]
+        pieces = object_crops(image, (ca, cb))[:, 0]
+        for k, (color, shape) in enumerate(((ca, sa), (cb, sb))):
+            if int(seen[k]) >= MIN_PIXELS:
+                crops.append(pieces[k])
+                color_labels.append(COLOR_NAMES.index(color))
+                shape_labels.append(PROBE_SHAPES.index(shape))
+    return LabelledImages(
+        torch.stack(crops), torch.tensor(color_labels), torch.tensor(shape_labels)
+    )
+
+
+def train_crop_probe(
+    singles: LabelledImages, crops: LabelledImages, epochs: int, seed: int
+) -> Probe:
+    """The composition judge's probe: trained on ground-truth single renders and pair crops
+    (:func:`crop_data`) together. A probe of single renders alone reads an object that the
+    other half hides or crowds (a sphere under a cube) as another shape: on the shipped
+    world's truth it named both shapes of only 7 of 8 pairs."""
+    data = LabelledImages(
+        torch.cat([singles.images, crops.images]),
+        torch.cat([singles.color, crops.color]),
+        torch.cat([singles.shape, crops.shape]),
+    )
+    return train_probe(data, epochs, seed)
 
 
 def judge_composition(composed: Composed, composition: Composition, probe: torch.nn.Module) -> dict:

@@ -220,15 +220,18 @@ def summarise(
     probe: torch.nn.Module,
     prior_freq: dict[str, torch.Tensor],
     prior_features: dict[str, torch.Tensor],
+    crop_probe: torch.nn.Module | None = None,
 ) -> dict:
-    """The JSON of one method's results."""
+    """The JSON of one method's results; ``crop_probe`` names the shapes of compositions'
+    objects (:func:`~cfd3d.evaluation.toyworld.composition.train_crop_probe`; default:
+    ``probe``)."""
     by_prompt: dict[str, list[Result]] = {}
     for r in results:
         by_prompt.setdefault(r.prompt.text, []).append(r)
     per_prompt = {}
     for text, runs in by_prompt.items():
         if isinstance(runs[0].prompt, Composition):
-            per_prompt[text] = composition_detail(runs, probe)
+            per_prompt[text] = composition_detail(runs, crop_probe or probe)
             continue
         if runs[0].prompt.missing is None:
             per_prompt[text] = single_detail(runs, truths[text])
