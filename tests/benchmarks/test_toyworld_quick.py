@@ -33,6 +33,9 @@ def test_quick_run_prints_one_json_line_and_writes_docs(tmp_path, capsys):
     truth = result["comp_judge_gt"]  # the judge on the true pair (shapes: a 1-epoch probe)
     assert truth["present"] == 1.0 and truth["relation"] == 1.0
     assert truth["relation_swapped"] == 0.0
+    crops = result["crop_probe"]  # the judge's crop probe, on held-out truth crops
+    assert crops["n_train"] >= 16 and crops["n_test"] >= 8
+    assert 0.0 <= crops["shape_acc"] <= 1.0 and 0.0 <= crops["single_probe_shape_acc"] <= 1.0
     for method in METHODS:
         r = result[method]
         assert r["probe_fid"] >= 0.0 and 0.0 <= r["probe_clip"] <= 1.0

@@ -30,8 +30,15 @@ def _plain(value):
 def test_the_recipe_file_is_the_shipped_weights_settings(shipped_recipe):
     model, metadata = load_weights()
     config, world = shipped_recipe
-    assert _plain(asdict(config)) == metadata["train_config"]
-    assert _plain(asdict(world)) == metadata["world_config"]
+    # settings added after the weights were made are absent there, which means the default
+    for ours, stored, default in (
+        (config, metadata["train_config"], TrainConfig()),
+        (world, metadata["world_config"], WorldConfig()),
+    ):
+        expected = {**_plain(asdict(default)), **stored}
+        expected["unet"] = stored.get("unet", expected.get("unet"))
+        expected = {k: v for k, v in expected.items() if k in asdict(ours)}
+        assert _plain(asdict(ours)) == expected
     assert asdict(model.config) == asdict(config.unet)
     assert metadata["command"].startswith("cfd3d train-prior --config ")
     assert metadata["command"].endswith(f"--seed 0 --steps {config.steps} --dataset-size 24000")
@@ -153,3 +160,41 @@ def test_another_world_refuses_the_checkpoint_and_renders_its_own_data(tmp_path,
         0.06,
         0.08,
     ]
+
+
+def test_fine_tuning_starts_from_the_given_weights_and_records_them(tmp_path, capsys):
+    """``init_weights``: the run starts from that model, not from a random one; its
+    checksum is recorded; weights of another UNet, or none, are one line, exit 2."""
+    base = _train(tmp_path, "base", SMALL, "--seed", "1")  # another random start than seed 0
+    tune = json.loads(json.dumps(SMALL))
+    tune["train"].update({"init_weights": str(base), "lr": 1e-9})  # steps too small to move
+    tuned = _train(tmp_path, "tuned", tune)
+    scratch = _train(tmp_path, "scratch", {**SMALL, "train": {**SMALL["train"], "lr": 1e-9}})
+    start = load_weights(base)[0].state_dict()
+    model, metadata = load_weights(tuned)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, start[key], atol=2e-3, rtol=0)  # float16 storage
+    far = load_weights(scratch)[0].state_dict()
+    assert max(float((far[k] - v).abs().max()) for k, v in start.items()) > 0.05
+    assert (
+        metadata["init_weights_sha256"] == (base.parent / "embedded_prior.sha256").read_text()[:64]
+    )
+    assert metadata["train_config"]["init_weights"] == str(base)
+
+    other = json.loads(json.dumps(tune))
+    other["unet"] = {"channels": [8, 16], "text_width": 32, "groups": 4}
+    missing = json.loads(json.dumps(tune))
+    missing["train"]["init_weights"] = str(tmp_path / "nothing.safetensors")
+    for name, config, needle in (
+        ("other", other, "another UNet"),
+        ("missing", missing, "not found"),
+    ):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(config))
+        capsys.readouterr()
+        args = ["train-prior", "--steps", "2", "--dataset-size", "8", "--config", str(path)]
+        args += ["--work", str(tmp_path / name), "--out", str(tmp_path / name / "w.safetensors")]
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / name / "dataset.pt").exists()  # refused before any rendering

@@ -53,11 +53,17 @@ def test_captions_use_the_vocabulary_and_fit_the_tokenizer():
 
 
 def test_caption_options_follow_the_configured_probabilities():
-    config = WorldConfig(p_head=0.1, p_pair=0.3, p_view=0.3, p_no_shape=0.2, p_no_color=0.1)
+    config = WorldConfig(
+        p_head=0.1, p_pair=0.3, p_view=0.3, p_view_pair=0.9, p_no_shape=0.2, p_no_color=0.1
+    )
     pairs = _captions(config, 6000, seed=1)
     with_view = [text.endswith(f", {item.view} view") for item, text in pairs]
     assert all(text.endswith(" view") == v for (_, text), v in zip(pairs, with_view, strict=True))
-    assert sum(with_view) / len(pairs) == pytest.approx(0.3, abs=0.03)
+    two = [len(item.scene.primitives) == 2 for item, _ in pairs]
+    share_single = sum(v for v, t in zip(with_view, two, strict=True) if not t) / two.count(False)
+    share_pair = sum(v for v, t in zip(with_view, two, strict=True) if t) / two.count(True)
+    assert share_single == pytest.approx(0.3, abs=0.03)
+    assert share_pair == pytest.approx(0.9, abs=0.03)
 
     basic = [(item, text.split(",")[0]) for item, text in pairs]
     singles = [(i, t) for i, t in basic if len(i.scene.primitives) == 1]

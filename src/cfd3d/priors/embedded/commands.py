@@ -191,7 +191,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cfd3d.priors.embedded.tokenizer import WordTokenizer
-    from cfd3d.priors.embedded.training import read_training_checkpoint, train
+    from cfd3d.priors.embedded.training import initial_weights, read_training_checkpoint, train
     from cfd3d.priors.embedded.weights import write_weights
     from cfd3d.priors.embedded.world import caption, render_world, vocabulary
 
@@ -226,6 +226,8 @@ def _run_train(args: argparse.Namespace) -> int:
     key = {"world": dataclasses.asdict(world), "n": config.dataset_size, "seed": config.seed}
     if (args.work / "checkpoint.pt").exists():  # another run's is refused before any work
         read_training_checkpoint(args.work / "checkpoint.pt", config, key)
+    if config.init_weights:  # so are weights to fine-tune that cannot be used
+        initial_weights(config)
     ensure_writable_dir(args.work)
     ensure_writable_dir(args.out.parent)
     tic = time.perf_counter()
@@ -260,6 +262,10 @@ def _run_train(args: argparse.Namespace) -> int:
         "world_config": dataclasses.asdict(world),
         "command": f"cfd3d train-prior --seed {config.seed} --steps {config.steps}",
     }
+    if config.init_weights:
+        from cfd3d.priors.embedded.weights import sha256_of
+
+        metadata["init_weights_sha256"] = sha256_of(Path(config.init_weights))
     if args.config is not None:
         command = ["cfd3d", "train-prior", "--config", str(args.config)]
         command += ["--seed", str(config.seed), "--steps", str(config.steps)]

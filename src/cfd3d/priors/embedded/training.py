@@ -40,6 +40,11 @@ class TrainConfig:
         dataset_size: number of toy-world renders.
         seed: seeds data, initialisation and the training order.
         checkpoint_every: steps between training checkpoints.
+        init_weights: fine-tuning: a weights file of the embedded prior's format (with its
+            ``.sha256`` beside it) whose model the training starts from instead of a
+            random initialisation; model and EMA start as its weights, the optimiser
+            afresh, and its UNet must be :attr:`unet`. ``""``: train from scratch. A
+            relative path is relative to the working directory.
         unet: the architecture.
     """
 
@@ -53,6 +58,7 @@ class TrainConfig:
     dataset_size: int = 16000
     seed: int = 0
     checkpoint_every: int = 250
+    init_weights: str = ""
     unet: UNetConfig = field(default_factory=lambda: UNetConfig(channels=(48, 96, 128)))
 
     def __post_init__(self) -> None:
@@ -156,6 +162,8 @@ def train(
     """
     torch.manual_seed(config.seed)
     model = TinyUNet(config.unet)
+    if config.init_weights:
+        model.load_state_dict(initial_weights(config).state_dict())
     ema = TinyUNet(config.unet)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
@@ -213,6 +221,24 @@ def train(
         if progress is not None:
             progress(step, loss.item(), time.perf_counter() - tic)
     return ema.eval()
+
+
+def initial_weights(config: TrainConfig) -> TinyUNet:
+    """The model that ``config.init_weights`` holds (verified against its checksum).
+
+    Raises:
+        UserError: the file is missing, damaged or of another UNet.
+    """
+    from cfd3d.priors.embedded.weights import load_weights
+
+    model, _ = load_weights(Path(config.init_weights))
+    if model.config != config.unet:
+        differ = _differences(asdict(model.config), asdict(config.unet), "unet.")
+        raise UserError(
+            f"init_weights '{config.init_weights}' hold another UNet ({'; '.join(differ[:3])}); "
+            "give weights of this config's unet"
+        )
+    return model
 
 
 def read_training_checkpoint(path: Path, config: TrainConfig, data: dict | None = None) -> dict:

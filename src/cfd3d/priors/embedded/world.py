@@ -56,6 +56,9 @@ class WorldConfig:
         p_pair: fraction of images showing two primitives.
         p_albedo: fraction rendered with flat albedo instead of the point light.
         p_view: probability that a caption carries its view phrase.
+        p_view_pair: the same for a pair's caption. "X next to Y" puts X on the left only
+            as seen from the front; without the view the caption leaves left and right
+            open, so a world that captions pairs with their view more often teaches it.
         p_no_shape: probability that a single primitive's caption omits the shape.
         p_no_color: probability that a single primitive's (or head's) caption omits the
             colour.
@@ -73,6 +76,7 @@ class WorldConfig:
     p_pair: float = 0.33
     p_albedo: float = 0.2
     p_view: float = 0.5
+    p_view_pair: float = 0.5
     p_no_shape: float = 0.15
     p_no_color: float = 0.15
     n_samples: int = 64
@@ -84,7 +88,15 @@ class WorldConfig:
         for name in ("image_size", "n_samples", "views_per_scene"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("p_head", "p_pair", "p_albedo", "p_view", "p_no_shape", "p_no_color"):
+        for name in (
+            "p_head",
+            "p_pair",
+            "p_albedo",
+            "p_view",
+            "p_view_pair",
+            "p_no_shape",
+            "p_no_color",
+        ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if len(self.face_rgb) != 3 or not all(0.0 <= c <= 1.0 for c in self.face_rgb):
@@ -152,15 +164,17 @@ def caption(item: Item, config: WorldConfig, gen: torch.Generator) -> str:
         return float(torch.rand((), generator=gen)) < p
 
     scene = item.scene
+    p_view = config.p_view
     if len(scene.primitives) == 2:
         text = scene.caption()
+        p_view = config.p_view_pair
     else:
         prim = scene.primitives[0]
         no_color = chance(config.p_no_color)
         no_shape = prim.shape != "head" and not no_color and chance(config.p_no_shape)
         shape = "object" if no_shape else prim.shape
         text = f"a {shape}" if no_color else f"a {prim.color} {shape}"
-    if chance(config.p_view):
+    if chance(p_view):
         text = f"{text}, {item.view} view"
     return text
 
