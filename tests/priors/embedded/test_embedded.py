@@ -77,6 +77,34 @@ def test_attention_at_more_levels_reads_the_text_there_and_round_trips(tmp_path)
         UNetConfig(**{**TINY.__dict__, "attention_levels": (5,)})
 
 
+def test_image_positions_start_at_zero_and_break_the_mirror_symmetry(tmp_path):
+    """Weights made without image positions are a UNet with them at zero (the same
+    function); with positions the attention knows where a pixel is, which moves the
+    prediction; the setting round-trips through the weights file."""
+    config = UNetConfig(**{**TINY.__dict__, "attention_levels": (0,), "image_positions": True})
+    torch.manual_seed(0)
+    plain = TinyUNet(UNetConfig(**{**config.__dict__, "image_positions": False}))
+    for p in plain.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    model = TinyUNet(config)
+    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected
+    assert sorted(missing) == ["attn.position", "down_attn.0.position", "up_attn.0.position"]
+    assert model.down_attn["0"].position.shape == (1, 16, 16)  # 8 px / patch 2 = 4 x 4
+    assert model.attn.position.shape == (1, 4, 32)  # the middle: 2 x 2
+    tok = WordTokenizer(WORDS, max_length=TINY.max_tokens)
+    ids = tok.encode(["a red cube on top of a blue sphere"])
+    x, t = torch.randn(1, 3, 8, 8), torch.tensor([300])
+    torch.testing.assert_close(model(x, t, ids), plain(x, t, ids), atol=1e-6, rtol=0)
+    model.down_attn["0"].position.data.normal_(0.0, 1.0)
+    assert not torch.allclose(model(x, t, ids), plain(x, t, ids), atol=1e-4)
+    path = tmp_path / "embedded_prior.safetensors"
+    write_weights(model, {"vocabulary": list(WORDS), "schedule": "scaled_linear"}, path)
+    loaded = EmbeddedPrior.load(path).model
+    assert loaded.config.image_positions
+    torch.testing.assert_close(loaded(x, t, ids), model(x, t, ids), atol=1e-2, rtol=0)
+
+
 def test_without_pooled_text_the_words_reach_the_pixels_through_attention_only(tmp_path):
     config = UNetConfig(**{**TINY.__dict__, "pooled_text": False})
     torch.manual_seed(0)

@@ -36,8 +36,8 @@ def test_the_recipe_file_is_the_shipped_weights_settings(shipped_recipe):
         (world, metadata["world_config"], WorldConfig()),
     ):
         expected = {**_plain(asdict(default)), **stored}
-        expected["unet"] = stored.get("unet", expected.get("unet"))
-        expected = {k: v for k, v in expected.items() if k in asdict(ours)}
+        if "unet" in stored:
+            expected["unet"] = {**_plain(asdict(default.unet)), **stored["unet"]}
         assert _plain(asdict(ours)) == expected
     assert asdict(model.config) == asdict(config.unet)
     assert metadata["command"].startswith("cfd3d train-prior --config ")
@@ -180,6 +180,15 @@ def test_fine_tuning_starts_from_the_given_weights_and_records_them(tmp_path, ca
         metadata["init_weights_sha256"] == (base.parent / "embedded_prior.sha256").read_text()[:64]
     )
     assert metadata["train_config"]["init_weights"] == str(base)
+    # a UNet with image positions starts from weights made without them (positions zero)
+    positions = json.loads(json.dumps(tune))
+    positions["unet"]["image_positions"] = True
+    with_positions = _train(tmp_path, "positions", positions)
+    model = load_weights(with_positions)[0]
+    assert model.config.image_positions
+    for key, value in model.state_dict().items():
+        expected = torch.zeros_like(value) if key.endswith("attn.position") else start[key]
+        torch.testing.assert_close(value, expected, atol=2e-3, rtol=0)
 
     other = json.loads(json.dumps(tune))
     other["unet"] = {"channels": [8, 16], "text_width": 32, "groups": 4}

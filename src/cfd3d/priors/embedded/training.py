@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -224,20 +224,28 @@ def train(
 
 
 def initial_weights(config: TrainConfig) -> TinyUNet:
-    """The model that ``config.init_weights`` holds (verified against its checksum).
+    """The model that ``config.init_weights`` holds (verified against its checksum); a UNet
+    with ``image_positions`` may start from one without (its positions start at zero).
 
     Raises:
         UserError: the file is missing, damaged or of another UNet.
     """
     from cfd3d.priors.embedded.weights import load_weights
 
-    model, _ = load_weights(Path(config.init_weights))
-    if model.config != config.unet:
-        differ = _differences(asdict(model.config), asdict(config.unet), "unet.")
+    loaded, _ = load_weights(Path(config.init_weights))
+    mine = replace(config.unet, image_positions=loaded.config.image_positions)
+    if loaded.config != mine or (loaded.config.image_positions and not config.unet.image_positions):
+        differ = _differences(asdict(loaded.config), asdict(config.unet), "unet.")
         raise UserError(
             f"init_weights '{config.init_weights}' hold another UNet ({'; '.join(differ[:3])}); "
             "give weights of this config's unet"
         )
+    # weights made without image positions start a UNet with them at zero positions
+    model = TinyUNet(config.unet)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    assert not unexpected and all(k.endswith(".position") for k in missing), (missing, unexpected)
+    for name in missing:
+        model.get_parameter(name).data.zero_()
     return model
 
 

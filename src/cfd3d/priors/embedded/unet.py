@@ -40,6 +40,11 @@ class UNetConfig:
             block). It carries every word to every pixel alike, which blends the two
             objects of a composition; without it the text enters through cross-attention
             only, where each pixel picks the words it needs.
+        image_positions: every attention block adds a learned embedding of each pixel's
+            position to its sequence (zero at initialisation, so weights trained without
+            it are where fine-tuning with it starts). Without it attention treats the
+            pixels as a set: only the convolutions' zero padding tells left from right,
+            and "X next to Y, front view" (X on the left) was drawn either way round.
     """
 
     image_size: int = 32
@@ -53,6 +58,7 @@ class UNetConfig:
     groups: int = 8
     attention_levels: tuple[int, ...] = ()
     pooled_text: bool = True
+    image_positions: bool = False
 
     def __post_init__(self) -> None:
         for level in self.attention_levels:
@@ -121,9 +127,14 @@ class ResBlock(nn.Module):
 class CrossAttention(nn.Module):
     """Self- then cross-attention over an image's pixels, residual."""
 
-    def __init__(self, channels: int, text_width: int, groups: int) -> None:
+    def __init__(
+        self, channels: int, text_width: int, groups: int, positions: int | None = None
+    ) -> None:
         super().__init__()
         self.norm = nn.GroupNorm(groups, channels)
+        self.position = (
+            None if positions is None else nn.Parameter(torch.zeros(1, positions, channels))
+        )
         self.self_attn = nn.MultiheadAttention(channels, 4, batch_first=True)
         self.norm2 = nn.LayerNorm(channels)
         self.cross = nn.MultiheadAttention(
@@ -133,6 +144,8 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, tokens: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         seq = self.norm(x).flatten(2).transpose(1, 2)
+        if self.position is not None:
+            seq = seq + self.position
         seq = seq + self.self_attn(seq, seq, seq, need_weights=False)[0]
         q = self.norm2(seq)
         seq = seq + self.cross(q, tokens, tokens, key_padding_mask=pad, need_weights=False)[0]
@@ -157,17 +170,17 @@ class TinyUNet(nn.Module):
         )
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
+
+        def attention(level: int) -> CrossAttention:
+            side = config.image_size // config.patch // 2**level
+            positions = side * side if config.image_positions else None
+            return CrossAttention(config.channels[level], config.text_width, g, positions)
+
         self.down_attn = nn.ModuleDict(
-            {
-                str(level): CrossAttention(config.channels[level], config.text_width, g)
-                for level in config.attention_levels
-            }
+            {str(level): attention(level) for level in config.attention_levels}
         )
         self.up_attn = nn.ModuleDict(
-            {
-                str(level): CrossAttention(config.channels[level], config.text_width, g)
-                for level in config.attention_levels
-            }
+            {str(level): attention(level) for level in config.attention_levels}
         )
         skips, c = [c0], c0
         for level, ch in enumerate(config.channels):
@@ -182,7 +195,7 @@ class TinyUNet(nn.Module):
             if not last:
                 skips.append(c)
         self.mid1 = ResBlock(c, c, emb_dim, g)
-        self.attn = CrossAttention(c, config.text_width, g)
+        self.attn = attention(len(config.channels) - 1)
         self.mid2 = ResBlock(c, c, emb_dim, g)
         self.up = nn.ModuleList()
         self.upsample = nn.ModuleList()
