@@ -87,50 +87,31 @@ def test_deferred_takes_a_gradient_on_opacity_too():
     field, background = _voxel(), RandomColorBackground()
     renderer = VolumeRenderer(RendererConfig(n_samples=24))
     cams = orbit(2, elevation_deg=30.0, distance=1.4)
-    shading = ShadingConfig(mode="diffuse")
     gen = torch.Generator().manual_seed(3)
     grad = torch.randn(2, 10, 10, 3, generator=gen)
     grad_opacity = torch.rand(2, 10, 10, 1, generator=gen)
+    kwargs = {"shading": ShadingConfig(mode="diffuse"), "background": background}
 
-    out = renderer(
-        field,
-        cams,
-        10,
-        10,
-        shading=shading,
-        background=background,
-        generator=torch.Generator().manual_seed(4),
-    )
+    def deferred_grads(*grads: torch.Tensor):
+        _zero(field)
+        deferred = render_deferred(
+            renderer,
+            field,
+            cams,
+            10,
+            10,
+            generator=torch.Generator().manual_seed(4),
+            chunk_rays=33,
+            **kwargs,
+        )
+        deferred.backward(*grads)
+        return _grads(field), deferred
+
+    out = renderer(field, cams, 10, 10, generator=torch.Generator().manual_seed(4), **kwargs)
     ((out.rgb * grad).sum() + (out.opacity * grad_opacity).sum()).backward()
     expected = _grads(field)
-    _zero(field)
-    deferred = render_deferred(
-        renderer,
-        field,
-        cams,
-        10,
-        10,
-        shading=shading,
-        background=background,
-        generator=torch.Generator().manual_seed(4),
-        chunk_rays=33,
-    )
-    deferred.backward(grad)
-    colour_only = _grads(field)
-    _zero(field)
-    deferred = render_deferred(
-        renderer,
-        field,
-        cams,
-        10,
-        10,
-        shading=shading,
-        background=background,
-        generator=torch.Generator().manual_seed(4),
-        chunk_rays=33,
-    )
-    deferred.backward(grad, grad_opacity)
-    got = _grads(field)
+    colour_only, _ = deferred_grads(grad)
+    got, deferred = deferred_grads(grad, grad_opacity)
     assert _rel(got, expected) <= 1e-4
     assert _rel(colour_only, expected) > 1e-2  # the opacity term is not negligible here
     with pytest.raises(ValueError, match="grad_opacity"):
