@@ -49,7 +49,7 @@ from cfd3d.errors import UserError
 from cfd3d.evaluation.toyworld.jobs import distil, load_prior, method_config
 from cfd3d.evaluation.toyworld.setting import BACK_VIEW, EVAL_SIZE
 from cfd3d.evaluation.toyworld.views import face_by_view, faces, true_head, world_of
-from cfd3d.generate.config import GenerateConfig, preset_config, toy_cameras
+from cfd3d.generate.config import GenerateConfig, preset_config
 from cfd3d.generate.run import Run
 from cfd3d.priors.base import Prior
 from cfd3d.scene.toy import COLORS
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         base = replace(base, steps=args.steps)
     prior = load_prior(args.weights, base)
     world = world_of(prior)
-    base = replace(base, cameras=toy_cameras(world.cameras))  # cpu-demo's on shipped weights
+    base = replace(base, cameras=world.cameras)  # the preset's for the shipped weights
     jobs = []
     for label in args.configs:
         method, perp_neg = parse_label(label)

@@ -227,7 +227,7 @@ from cfd3d.evaluation.toyworld.summary import (
 )
 from cfd3d.evaluation.toyworld.views import Views, hole_pixels, mask_iou, world_of
 from cfd3d.export.video import preview_grid
-from cfd3d.generate.config import GenerateConfig, preset_config, toy_cameras
+from cfd3d.generate.config import GenerateConfig, preset_config
 from cfd3d.generate.pipeline import pipeline_config
 from cfd3d.io import atomic_write_bytes, atomic_write_text
 from cfd3d.priors.base import Prior
@@ -563,9 +563,8 @@ def run(args: argparse.Namespace) -> int:
     ]
     prior = load_prior(args.weights, base)
     world = world_of(prior)
-    # Distil from the prior's own training cameras as the presets do for the shipped
-    # weights: cpu-demo from 20° up (toy_cameras), toy-gaussians from all of them.
-    field_cameras = {"voxel": toy_cameras(world.cameras), "gaussians": world.cameras}
+    # Distil from the prior's own training cameras (the presets' for the shipped weights).
+    cameras = world.cameras
     if args.weights is not None:
         weights = str(args.weights)
     else:
@@ -641,7 +640,7 @@ def run(args: argparse.Namespace) -> int:
     plan += [(p, s) for p in unders for s in under_seeds]
     plan += [(c, s) for c in comps for s in comp_seeds]
     jobs = [
-        Job(bases[f], m, p, s, steps, size, args.pipeline, field_cameras[f])
+        Job(bases[f], m, p, s, steps, size, args.pipeline, cameras)
         for f in fields
         for m in methods
         for p, s in plan

@@ -99,22 +99,3 @@ def test_bad_density_scales_are_one_line(change, needle, tmp_path, capsys, small
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert needle in err
     assert not out.exists()
-
-
-def test_cpu_demo_sees_the_object_from_20_degrees_up():
-    """``cpu-demo`` distils from the shipped prior's cameras above 20° elevation; a world
-    whose cameras all lie below that keeps its own."""
-    from cfd3d.generate.config import TOY_MIN_ELEVATION, preset_config, toy_cameras
-    from cfd3d.priors.embedded.weights import read_world
-    from cfd3d.scene.sampling import CameraSamplerConfig
-
-    world = read_world().cameras
-    cameras = preset_config("cpu-demo", "a red cube").cameras
-    assert cameras.elevation_deg == (TOY_MIN_ELEVATION, world.elevation_deg[1]) == (20.0, 90.0)
-    assert cameras.azimuth_deg == world.azimuth_deg and cameras.fovy_deg == world.fovy_deg
-    low = CameraSamplerConfig(elevation_deg=(-10.0, 15.0))
-    assert toy_cameras(low) == low
-    assert toy_cameras(CameraSamplerConfig(elevation_deg=(30.0, 60.0))).elevation_deg == (
-        30.0,
-        60.0,
-    )

@@ -402,23 +402,6 @@ def _check_gaussian_options(config: GenerateConfig) -> None:
 _SD_NEGATIVE = "blurry, low quality, low resolution, deformed, oversaturated, cropped, text"
 
 
-TOY_MIN_ELEVATION = 20.0
-"""Lowest camera elevation (degrees) of ``cpu-demo``'s training views."""
-
-
-def toy_cameras(world: CameraSamplerConfig) -> CameraSamplerConfig:
-    """``cpu-demo``'s training cameras for a prior whose images were seen from ``world``:
-    the same, but from at least :data:`TOY_MIN_ELEVATION` above the object's equator.
-    Views from above show what views from the side hide, a torus's hole above all (mesh
-    IoU on tuning seeds 10-11 of ``benchmarks/toyworld.py``'s single objects: 0.753 from
-    the world's -10°, 0.747 from 0°, 0.791 from 20°, the torus 0.61 -> 0.71); no view
-    sees the object from below, where the toy objects are flat or round alike."""
-    low, high = world.elevation_deg
-    if high <= TOY_MIN_ELEVATION:
-        return world
-    return replace(world, elevation_deg=(max(low, TOY_MIN_ELEVATION), high))
-
-
 def _world_cameras() -> CameraSamplerConfig:
     """The cameras the shipped embedded prior's training images were seen from (its
     world, recorded in its weights): the prior knows objects' sizes and the views it can
@@ -429,8 +412,7 @@ def _world_cameras() -> CameraSamplerConfig:
 
 
 def _cpu_demo(prompt: str) -> GenerateConfig:
-    """Embedded prior on a CPU: a 48³ voxel grid rendered at 32², two views per step,
-    from the prior's cameras at elevations of at least 20° (:func:`toy_cameras`).
+    """Embedded prior on a CPU: a 48³ voxel grid rendered at 32², two views per step.
 
     The field starts as a soft ball of radius about 0.4, the size of the toy world's
     objects (their equal-volume radii span 0.27-0.38, their bounding radii 0.37-0.47)
@@ -448,7 +430,7 @@ def _cpu_demo(prompt: str) -> GenerateConfig:
     return GenerateConfig(
         prompt=prompt,
         preset="cpu-demo",
-        cameras=toy_cameras(_world_cameras()),
+        cameras=_world_cameras(),
         voxel=VoxelGridConfig(blob_radius=0.4),
         density_scale=((0.3, 1.0), (1.0, 8.0)),
         mesh_faces=10000,
