@@ -88,9 +88,11 @@ class GenerateConfig:
         sparsity: weight of an opacity penalty, DreamFusion's regulariser against matter
             where nothing is needed: ``sparsity * sum(opacity)`` over every rendered
             pixel joins the loss, so each pixel's opacity is pulled down by this much
-            against the prior's gradient (which is of the order of 0.01-1 per pixel on
-            the embedded prior). Matter that the prior cannot tell from the background
-            (white stuffing a torus's hole, seen against white) then goes; 0 turns it off.
+            against the prior's gradient: a price on matter that the prior does not ask
+            for. No
+            preset uses it: on the embedded prior it did not clear the pale matter that
+            fills a distilled torus's hole, and from 1.0 it removed the object
+            (``docs/benchmarks.md``); 0 turns it off.
         chunk_rays: rays rendered with an autograd graph at a time; bounds the renderer's
             peak memory (smaller for GPUs with little memory).
         deferred_backward: ``"auto"`` renders without graph and back-propagates the
