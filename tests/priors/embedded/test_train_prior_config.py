@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cfd3d.cli import main
-from cfd3d.priors.embedded.commands import prior_configs
+from cfd3d.priors.embedded.commands import prior_configs, read_prior_config
 from cfd3d.priors.embedded.training import TrainConfig
 from cfd3d.priors.embedded.weights import load_weights
 from cfd3d.priors.embedded.world import WorldConfig
@@ -207,3 +207,17 @@ def test_fine_tuning_starts_from_the_given_weights_and_records_them(tmp_path, ca
         err = capsys.readouterr().err.strip()
         assert needle in err and len(err.splitlines()) == 1, err
         assert not (tmp_path / name / "dataset.pt").exists()  # refused before any rendering
+
+
+def test_every_recipe_in_configs_reads(shipped_recipe):
+    """The recipes kept in ``configs/`` (the shipped one and the experiments') stay valid
+    as the settings evolve; the experiments fine-tune the shipped UNet."""
+    root = Path(__file__).resolve().parents[3] / "configs"
+    files = sorted(root.rglob("*.json"))
+    assert root / "embedded-prior.json" in files and len(files) >= 2
+    for path in files:
+        config, _ = read_prior_config(path)
+        if config.init_weights:
+            assert config.init_weights == "src/cfd3d/assets/embedded_prior.safetensors"
+            same = replace(config.unet, image_positions=False)
+            assert same == replace(shipped_recipe[0].unet, image_positions=False), path
