@@ -159,6 +159,11 @@ class Run:
             ]
         elif isinstance(self.field, GaussianField):
             groups = self.field.parameter_groups()
+        elif isinstance(self.field, VoxelGridField) and c.voxel.lr_density is not None:
+            groups = [
+                {"params": [self.field.raw_density], "lr": c.voxel.lr_density},
+                {"params": [self.field.raw_color], "lr": c.lr},
+            ]
         else:
             groups = [{"params": list(self.field.parameters()), "lr": c.lr}]
         if isinstance(self.background, torch.nn.Module):

@@ -33,6 +33,12 @@ class VoxelGridConfig:
         blob_radius: radius of the initial blob in world units.
         init_noise: standard deviation of Gaussian noise added to the initial raw density
             and colour (0: a perfectly symmetric start).
+        lr_density: Adam learning rate of the raw density (``None``: the run's ``lr``, as
+            for the colour). Adam moves each raw value by about its learning rate per
+            step, so this bounds how fast matter can leave a region: at 0.05 the
+            initial blob (raw density 10) is not carved through within a 500-step run,
+            and a prior asking for a hole (a torus seen from above) is answered by
+            painting the blob background-white there instead.
     """
 
     resolution: int = 48
@@ -41,6 +47,7 @@ class VoxelGridConfig:
     blob_density: float = 10.0
     blob_radius: float = 0.5
     init_noise: float = 0.0
+    lr_density: float | None = None
 
     def __post_init__(self) -> None:
         if self.resolution < 2:
@@ -49,6 +56,8 @@ class VoxelGridConfig:
             raise ConfigError("voxel grid bound and blob_radius must be positive")
         if self.init_noise < 0.0:
             raise ConfigError(f"init_noise must be >= 0, got {self.init_noise}")
+        if self.lr_density is not None and not self.lr_density > 0.0:
+            raise ConfigError(f"lr_density must be positive (or null), got {self.lr_density}")
 
 
 class VoxelGridField(nn.Module):
