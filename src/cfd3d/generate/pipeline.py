@@ -133,9 +133,11 @@ def _toy_stage1(prompt: str) -> GenerateConfig:
 def _toy_stage2(prompt: str) -> GenerateConfig:
     """The same 48³ grid refined from 64² renders (the prior sees their 32² area average,
     anti-aliased edges), timestep 0.21 -> 0.05 (``cpu-demo`` ends at 0.21), learning
-    rates 0.4 times stage 1's, 150 steps, the density factor ``cpu-demo`` ends with held throughout.
+    rates 0.4 times stage 1's, 150 steps, the density factor ``cpu-demo`` ends with held
+    throughout.
 
-    Measured with ``benchmarks/toyworld.py --pipeline toy`` (3 prompts x 2 seeds): the
+    Measured with ``benchmarks/toyworld.py --pipeline toy`` (3 prompts x 2 seeds, before
+    ``cpu-demo``'s ``lr_density``, so on a blurrier stage 1 than today's): the
     refinement leaves the silhouettes as they were (mask IoU within ±0.01 per run, mean
     change -0.001); their errors are mostly the object's size, which low timesteps do not
     move. None of the variants tried on other seeds (32² renders, a 64³ grid, timesteps
