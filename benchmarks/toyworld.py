@@ -411,7 +411,8 @@ def markdown(
         ]
         row += [fmt(r["mode_tv"].get(p)) for p in under]
         holes = r.get("torus_hole_rate")
-        row += ["—" if holes is None else f"{holes:.2f} of {r['torus_runs']}"]
+        runs = r.get("torus_runs")
+        row += ["—" if holes is None else f"{round(holes * runs)} of {runs}"]
         row += [fmt(r["noise_share"]), f"{r['wall_s']:.0f}"]
         lines.append("| " + " | ".join(row) + " |")
     for m, ratio in result.get("wall_ratio_gaussians_voxel", {}).items():

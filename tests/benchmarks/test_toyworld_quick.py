@@ -4,6 +4,7 @@ and bad input (its measures are tested in tests/evaluation/toyworld/)."""
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,8 @@ def test_quick_run_prints_one_json_line_and_writes_docs(tmp_path, capsys):
     text = (tmp_path / "toyworld.md").read_text()
     assert all(f"| {m} |" in text for m in METHODS) and "probe FID" in text
     assert "## Compositions" in text
+    assert all(r["torus_runs"] == 1 for r in (result[m] for m in METHODS))
+    assert re.search(r"\| [01] of 1 \|", text)  # torus holes as a count of runs
     assert (tmp_path / "toyworld.png").read_bytes().startswith(b"\x89PNG")
 
 
