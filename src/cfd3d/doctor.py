@@ -134,10 +134,10 @@ def cuda_devices() -> tuple[DeviceInfo, ...]:
 
 def embedded_status() -> PriorInfo:
     """The shipped embedded prior: present, and matching its stored checksum?"""
-    from cfd3d.priors.embedded.weights import CHECKSUM_NAME, default_weights_path, sha256_of
+    from cfd3d.priors.embedded.weights import checksum_path, default_weights_path, sha256_of
 
     path = default_weights_path()
-    checksum_file = path.with_name(CHECKSUM_NAME)
+    checksum_file = checksum_path(path)
 
     def info(status: Status, detail: str) -> PriorInfo:
         return PriorInfo("embedded", "embedded", "built in", status, str(path), detail)
@@ -145,7 +145,7 @@ def embedded_status() -> PriorInfo:
     if not path.is_file():
         return info("missing", "weights not found; reinstall cfd3d")
     if not checksum_file.is_file():
-        return info("unusable", f"checksum file {CHECKSUM_NAME} missing; reinstall cfd3d")
+        return info("unusable", f"checksum file {checksum_file.name} missing; reinstall cfd3d")
     expected = (checksum_file.read_text().split() or [""])[0]
     if sha256_of(path) != expected:
         return info("unusable", "checksum MISMATCH (corrupted); reinstall or 'cfd3d train-prior'")

@@ -150,9 +150,38 @@ def test_missing_weights_or_checksum(tmp_path):
     with pytest.raises(UserError, match=r"not found.*restore"):
         load_weights(tmp_path / "embedded_prior.safetensors")
     write_weights(TinyUNet(TINY), {"vocabulary": list(WORDS)}, tmp_path / "w.safetensors")
-    (tmp_path / CHECKSUM_NAME).unlink()
+    (tmp_path / "w.sha256").unlink()
     with pytest.raises(UserError, match="checksum file"):
         load_weights(tmp_path / "w.safetensors")
+
+
+def test_weights_of_two_names_share_a_folder(tmp_path):
+    """Each file's checksum is ``<stem>.sha256``: writing a second file beside the first
+    does not make the first one read as corrupted."""
+    torch.manual_seed(0)
+    first, second = TinyUNet(TINY), TinyUNet(TINY)
+    write_weights(first, {"vocabulary": list(WORDS)}, tmp_path / "a.safetensors")
+    write_weights(second, {"vocabulary": list(WORDS)}, tmp_path / "b.safetensors")
+    assert {p.name for p in tmp_path.glob("*.sha256")} == {"a.sha256", "b.sha256"}
+    for name, model in (("a", first), ("b", second)):
+        loaded = load_weights(tmp_path / f"{name}.safetensors")[0].state_dict()
+        for key, value in model.state_dict().items():
+            torch.testing.assert_close(loaded[key], value.half().float())
+
+
+def test_a_checksum_written_under_the_shared_name_is_still_found(tmp_path):
+    """Weights written before checksums took their file's stem kept them in
+    ``embedded_prior.sha256``, naming the file; they still load, and a wrong one fails."""
+    path = tmp_path / "old.safetensors"
+    write_weights(TinyUNet(TINY), {"vocabulary": list(WORDS)}, path)
+    (tmp_path / "old.sha256").rename(tmp_path / CHECKSUM_NAME)
+    load_weights(path)
+    (tmp_path / CHECKSUM_NAME).write_text(f"{'0' * 64}  old.safetensors\n")
+    with pytest.raises(UserError, match="corrupted"):
+        load_weights(path)
+    (tmp_path / CHECKSUM_NAME).write_text(f"{'0' * 64}  other.safetensors\n")
+    with pytest.raises(UserError, match="checksum file"):
+        load_weights(path)
 
 
 def test_learning_rate_schedule():

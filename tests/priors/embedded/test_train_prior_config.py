@@ -176,9 +176,7 @@ def test_fine_tuning_starts_from_the_given_weights_and_records_them(tmp_path, ca
         torch.testing.assert_close(value, start[key], atol=2e-3, rtol=0)  # float16 storage
     far = load_weights(scratch)[0].state_dict()
     assert max(float((far[k] - v).abs().max()) for k, v in start.items()) > 0.05
-    assert (
-        metadata["init_weights_sha256"] == (base.parent / "embedded_prior.sha256").read_text()[:64]
-    )
+    assert metadata["init_weights_sha256"] == (base.parent / "w.sha256").read_text()[:64]
     assert metadata["train_config"]["init_weights"] == str(base)
     # a UNet with image positions starts from weights made without them (positions zero)
     positions = json.loads(json.dumps(tune))

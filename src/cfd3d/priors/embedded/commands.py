@@ -346,7 +346,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--out",
         type=Path,
         default=Path("out/train-prior/embedded_prior.safetensors"),
-        help="where to write the weights (a .sha256 file is written beside them)",
+        help="where to write the weights (their checksum, NAME.sha256, is written beside them)",
     )
     train.set_defaults(run=_run_train)
 

@@ -30,6 +30,19 @@ def default_weights_path() -> Path:
     return Path(str(resources.files("cfd3d") / "assets" / WEIGHTS_NAME))
 
 
+def checksum_path(path: Path) -> Path:
+    """Where the checksum of the weights at ``path`` lives: ``<stem>.sha256`` beside them
+    (``embedded_prior.sha256`` for the shipped file), so weights of several names can share
+    a folder. A file written before this rule, whose checksum sits in
+    ``embedded_prior.sha256`` and names it, is still found there."""
+    own = path.with_name(f"{path.stem}.sha256")
+    shared = path.with_name(CHECKSUM_NAME)
+    if own.is_file() or not shared.is_file():
+        return own
+    named = shared.read_text().split()
+    return shared if len(named) >= 2 and named[1] == path.name else own
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -59,10 +72,11 @@ def _sorted_metadata(data: bytes) -> bytes:
 
 
 def write_weights(model: TinyUNet, metadata: dict[str, object], path: Path) -> str:
-    """Write weights atomically and their ``.sha256`` beside them; return the checksum."""
+    """Write weights atomically and their checksum beside them (:func:`checksum_path`);
+    return the checksum."""
     atomic_write_bytes(path, weights_to_bytes(model, metadata))
     checksum = sha256_of(path)
-    atomic_write_text(path.with_name(CHECKSUM_NAME), f"{checksum}  {path.name}\n")
+    atomic_write_text(path.with_name(f"{path.stem}.sha256"), f"{checksum}  {path.name}\n")
     return checksum
 
 
@@ -74,7 +88,7 @@ def load_weights(path: Path | None = None) -> tuple[TinyUNet, dict[str, object]]
             be read; the message says how to restore it.
     """
     path = Path(path) if path is not None else default_weights_path()
-    checksum_file = path.with_name(CHECKSUM_NAME)
+    checksum_file = checksum_path(path)
     if not path.is_file():
         raise UserError(f"embedded prior weights not found at '{path}'; {RESTORE_HINT}")
     if not checksum_file.is_file():
