@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import types
 import typing
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,6 +22,7 @@ from cfd3d.distill.vsd import VSDConfig
 from cfd3d.distill.weighting import WEIGHTINGS
 from cfd3d.errors import ConfigError
 from cfd3d.export.formats import check_format
+from cfd3d.jsonconfig import build
 from cfd3d.noise.config import NoiseConfig
 from cfd3d.render.occupancy import OccupancyConfig
 from cfd3d.render.shading import ShadingConfig
@@ -34,7 +33,7 @@ from cfd3d.scene.gaussians import GaussianConfig
 from cfd3d.scene.nerf import NeRFConfig
 from cfd3d.scene.sampling import CameraSamplerConfig, ViewLabelConfig
 from cfd3d.scene.voxel import VoxelGridConfig
-from cfd3d.text import QUOTE_CHARS, check_text, quote
+from cfd3d.text import check_text
 
 FieldKind = Literal["voxel", "nerf", "gaussians"]
 BackgroundKind = Literal["white", "random", "environment"]
@@ -671,7 +670,7 @@ def config_from_dict(data: dict[str, Any]) -> GenerateConfig:
     Raises:
         ConfigError: unknown keys or values of the wrong type.
     """
-    return _build(GenerateConfig, data, "config")
+    return build(GenerateConfig, data, "config")
 
 
 def load_config(path: Path) -> GenerateConfig:
@@ -689,59 +688,3 @@ def load_config(path: Path) -> GenerateConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}' must hold a JSON object")
     return config_from_dict(data)
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a JSON object, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {where}")
-    values = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
-    try:
-        return cls(**values)
-    except ConfigError as exc:
-        raise ConfigError(_shortened(str(exc), values)) from None
-    except (TypeError, ValueError) as exc:  # a component's own check of its values
-        raise ConfigError(f"invalid {where}: {exc}") from None
-
-
-def _shortened(message: str, values: dict[str, Any]) -> str:
-    """``message`` with every long text value it repeats quoted briefly."""
-    for value in values.values():
-        if isinstance(value, str) and len(value) > QUOTE_CHARS:
-            message = message.replace(value, quote(value))
-    return message
-
-
-def _convert(hint: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None:
-            return None
-        return _convert(args[0], value, where)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where} must be a list, got {quote(repr(value))}")
-        args = typing.get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v, where) for v in value)
-        if len(args) != len(value):
-            raise ConfigError(f"{where} must have {len(args)} entries, got {quote(repr(value))}")
-        return tuple(_convert(a, v, where) for a, v in zip(args, value, strict=True))
-    if hint is float:
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise ConfigError(f"{where} must be a number, got {quote(repr(value))}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{where} must be a finite number, got {value!r}")
-        return float(value)
-    if hint in (int, str, bool) and not isinstance(value, hint):
-        raise ConfigError(f"{where} must be of type {hint.__name__}, got {quote(repr(value))}")
-    if hint is int and isinstance(value, bool):
-        raise ConfigError(f"{where} must be an integer, got {quote(repr(value))}")
-    return value

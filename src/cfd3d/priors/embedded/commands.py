@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import shlex
 import time
-import typing
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import torch
 from cfd3d.diffusion.samplers import ddim_sample, ddim_timesteps
 from cfd3d.errors import ConfigError, OutputError
 from cfd3d.io import atomic_torch_save, atomic_write_bytes, ensure_writable_dir
+from cfd3d.jsonconfig import merged
 from cfd3d.priors.embedded.prior import EmbeddedPrior
 from cfd3d.priors.embedded.training import TrainConfig, check_unet
 from cfd3d.priors.embedded.world import WorldConfig
@@ -100,13 +99,13 @@ def prior_configs(data: Any) -> tuple[TrainConfig, WorldConfig]:
     if isinstance(train, dict) and "unet" in train:
         raise ConfigError('train: give the UNet\'s settings as a top-level "unet" object')
     base = TrainConfig()
-    unet = _merged(base.unet, data.get("unet", {}), "unet")
+    unet = merged(base.unet, data.get("unet", {}), "unet")
     try:
         check_unet(unet)
     except ConfigError as exc:
         raise ConfigError(f"unet: {exc}") from None
-    config = _merged(dataclasses.replace(base, unet=unet), train, "train")
-    world = _merged(WorldConfig(image_size=unet.image_size), data.get("world", {}), "world")
+    config = merged(dataclasses.replace(base, unet=unet), train, "train")
+    world = merged(WorldConfig(image_size=unet.image_size), data.get("world", {}), "world")
     if world.image_size != unet.image_size:
         raise ConfigError(
             f"world: image_size {world.image_size} must equal the unet's, {unet.image_size} "
@@ -121,52 +120,6 @@ def prior_config_dict(config: TrainConfig, world: WorldConfig) -> dict[str, Any]
     train = dataclasses.asdict(config)
     unet = train.pop("unet")
     return {"train": train, "world": dataclasses.asdict(world), "unet": unet}
-
-
-def _merged(base: Any, data: Any, where: str) -> Any:
-    """``base`` (a config dataclass) with the fields in the JSON object ``data`` replaced;
-    ``where`` names it in errors."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a JSON object, got {json.dumps(data)}")
-    hints = typing.get_type_hints(type(base))
-    names = [f.name for f in dataclasses.fields(base)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(names)}"
-        )
-    values = {}
-    for key, value in data.items():
-        if dataclasses.is_dataclass(hints[key]):
-            values[key] = _merged(getattr(base, key), value, f"{where}.{key}")
-        else:
-            values[key] = _typed(hints[key], value, f"{where}.{key}")
-    try:
-        return dataclasses.replace(base, **values)
-    except (TypeError, ValueError) as exc:  # a config's own check of its values
-        raise ConfigError(f"{where}: {exc}") from None
-
-
-def _typed(hint: Any, value: Any, where: str) -> Any:
-    """The JSON ``value`` as type ``hint`` (int, float, bool, str or a tuple of them)."""
-    if typing.get_origin(hint) is tuple:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where} must be a list, got {json.dumps(value)}")
-        args = typing.get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_typed(args[0], v, where) for v in value)
-        if len(args) != len(value):
-            raise ConfigError(f"{where} must have {len(args)} entries, got {json.dumps(value)}")
-        return tuple(_typed(a, v, where) for a, v in zip(args, value, strict=True))
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where} must be a number, got {json.dumps(value)}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{where} must be a finite number, got {value}")
-        return float(value)
-    if isinstance(value, bool) != (hint is bool) or not isinstance(value, hint):
-        raise ConfigError(f"{where} must be of type {hint.__name__}, got {json.dumps(value)}")
-    return value
 
 
 def read_prior_config(path: Path) -> tuple[TrainConfig, WorldConfig]:
@@ -307,7 +260,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Render the toy world and train the embedded prior on it. Interrupted runs "
             "resume from --work. The shipped weights were made with --config "
-            "configs/embedded-prior.json --seed 0 (about an hour on 2 CPU cores; their "
+            "configs/embedded-prior.json --seed 0 (about 110 minutes on 2 CPU cores; their "
             "metadata records the command and every setting); copy the result to "
             "src/cfd3d/assets/ (with its .sha256) to replace them. Without --config: the "
             "first prior's smaller world, 3000 steps. --config FILE.json changes the "
