@@ -209,13 +209,21 @@ def test_fine_tuning_starts_from_the_given_weights_and_records_them(tmp_path, ca
 
 def test_every_recipe_in_configs_reads(shipped_recipe):
     """The recipes kept in ``configs/`` (the shipped one and the experiments') stay valid
-    as the settings evolve; the experiments fine-tune the shipped UNet."""
+    as the settings evolve; an experiment fine-tunes the shipped UNet or the one another
+    recipe trains (``runs/<recipe>/``, where its documented command puts it), and the
+    architectures match."""
     root = Path(__file__).resolve().parents[3] / "configs"
     files = sorted(root.rglob("*.json"))
     assert root / "embedded-prior.json" in files and len(files) >= 2
     for path in files:
         config, _ = read_prior_config(path)
-        if config.init_weights:
-            assert config.init_weights == "src/cfd3d/assets/embedded_prior.safetensors"
-            same = replace(config.unet, image_positions=False)
-            assert same == replace(shipped_recipe[0].unet, image_positions=False), path
+        if not config.init_weights:
+            continue
+        if config.init_weights == "src/cfd3d/assets/embedded_prior.safetensors":
+            start = shipped_recipe[0].unet
+        else:
+            parts = Path(config.init_weights).parts
+            assert parts[0] == "runs" and len(parts) == 3, (path, config.init_weights)
+            start = read_prior_config(path.parent / f"{parts[1]}.json")[0].unet
+        same = replace(config.unet, image_positions=False)
+        assert same == replace(start, image_positions=False), path
