@@ -35,12 +35,17 @@ def checksum_path(path: Path) -> Path:
     (``embedded_prior.sha256`` for the shipped file), so weights of several names can share
     a folder. A file written before this rule, whose checksum sits in
     ``embedded_prior.sha256`` and names it, is still found there."""
-    own = path.with_name(f"{path.stem}.sha256")
+    own = _own_checksum_path(path)
     shared = path.with_name(CHECKSUM_NAME)
     if own.is_file() or not shared.is_file():
         return own
     named = shared.read_text().split()
     return shared if len(named) >= 2 and named[1] == path.name else own
+
+
+def _own_checksum_path(path: Path) -> Path:
+    """``<stem>.sha256`` beside ``path``: where :func:`write_weights` puts its checksum."""
+    return path.with_name(f"{path.stem}.sha256")
 
 
 def sha256_of(path: Path) -> str:
@@ -76,7 +81,7 @@ def write_weights(model: TinyUNet, metadata: dict[str, object], path: Path) -> s
     return the checksum."""
     atomic_write_bytes(path, weights_to_bytes(model, metadata))
     checksum = sha256_of(path)
-    atomic_write_text(path.with_name(f"{path.stem}.sha256"), f"{checksum}  {path.name}\n")
+    atomic_write_text(_own_checksum_path(path), f"{checksum}  {path.name}\n")
     return checksum
 
 
