@@ -31,7 +31,10 @@ probe, the judges and the ground-truth renders are :mod:`cfd3d.evaluation.toywor
    0, keeps left on the left). ``relation_judge_acc_gt`` is the judge's accuracy on
    ground-truth renders of the same eight scenes from the world's cameras (its front views
    where the prompt names one), ``relation_judge_swapped_gt`` the fraction of them it
-   (wrongly) accepts for the swapped prompt ("Y on top of X").
+   (wrongly) accepts for the swapped prompt ("Y on top of X"). ``relation_back_acc``
+   (reported, no target): the four "X next to Y, back view" prompts, right when X lies on
+   the right of Y, as the world shows a pair from behind; a prior that ignores the word
+   order, or the view, scores about half of it or of ``relation_by_kind["next_to"]``.
 4. ``face_acc``: for each of :data:`FACE_COLORS`, ``--face-samples`` samples of "a {colour}
    head, front view" and as many of "..., back view", judged by pixels alone
    (:func:`face_share`: the share of the head's pixels that the face colour explains
@@ -100,6 +103,7 @@ from cfd3d.generate.config import preset_config
 from cfd3d.priors.embedded.commands import sample_images
 from cfd3d.priors.embedded.prior import EmbeddedPrior
 from cfd3d.priors.embedded.weights import default_weights_path, weights_to_bytes
+from cfd3d.scene.toy import pair
 
 DEMO_GUIDANCE = preset_config("cpu-demo", "a red cube").guidance_scale
 """The guidance of the embedded prior's distillation preset: the main figures' scale."""
@@ -193,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
     print("judging compositions", file=sys.stderr)
     truth = render_pairs(specs, gt_views, PROBE_SEED + 2 * args.seed, world)
     right, swapped, hits, by_kind = [], [], [], {"on": [], "next_to": []}
+    back_hits = []
     for index, spec in enumerate(specs):
         ca, _, relation, cb, _ = spec
         views = truth[index * gt_views : (index + 1) * gt_views]
@@ -209,12 +214,25 @@ def run(args: argparse.Namespace) -> int:
         hit = judge_relation(quantise(images), ca, relation, cb)
         hits.append(hit)
         by_kind[relation].append(hit)
+        if relation == "next_to":  # from behind, the first object is on the right
+            images = sample_images(
+                prior,
+                pair(*spec).caption() + ", back view",
+                rel_samples,
+                args.guidance,
+                steps,
+                args.seed * 1000 + 500 + index,
+            )
+            back_hits.append(judge_relation(quantise(images), cb, relation, ca))
     result.update(
         relation_acc=round(float(torch.cat(hits).float().mean()), 4),
         relation_by_kind={
             k: round(float(torch.cat(v).float().mean()), 4) for k, v in by_kind.items() if v
         },
         relation_n=rel_samples * len(specs),
+        relation_back_acc=round(float(torch.cat(back_hits).float().mean()), 4)
+        if back_hits
+        else None,
         relation_judge_acc_gt=round(float(torch.cat(right).float().mean()), 4),
         relation_judge_swapped_gt=round(float(torch.cat(swapped).float().mean()), 4),
     )

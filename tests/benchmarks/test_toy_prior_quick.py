@@ -40,7 +40,14 @@ def test_quick_run_prints_one_json_line(tiny_checkpoint, capsys):
     assert result["world"] == json.loads(json.dumps(asdict(WORLD)))  # the checkpoint's: none
     assert set(result["by_guidance"]) == {"1", "3", "7.5"}
     assert result["relation_judge_acc_gt"] == 1.0 and result["relation_judge_swapped_gt"] == 0.0
-    for key in ("probe_acc", "color_acc", "shape_acc", "relation_acc", "face_acc"):
+    for key in (
+        "probe_acc",
+        "color_acc",
+        "shape_acc",
+        "relation_acc",
+        "relation_back_acc",
+        "face_acc",
+    ):
         assert 0.0 <= result[key] <= 1.0
     assert result["sample_s"] > 0 and result["weights_mb"] > 0
     assert isinstance(result["targets_met"], bool)

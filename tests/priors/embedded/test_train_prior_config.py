@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from cfd3d.cli import main
+from cfd3d.errors import ConfigError
 from cfd3d.priors.embedded.commands import prior_configs, read_prior_config
 from cfd3d.priors.embedded.training import TrainConfig
 from cfd3d.priors.embedded.weights import load_weights
@@ -60,6 +61,20 @@ def test_sections_merge_over_the_defaults(shipped_recipe):
     assert cameras.azimuth_deg == CameraSamplerConfig().azimuth_deg  # merged, not replaced
     config, world = prior_configs({"unet": {"image_size": 64, "channels": [32, 64]}})
     assert world.image_size == 64  # the world follows the UNet's size
+
+
+def test_pair_cameras_merge_over_the_worlds_cameras():
+    world = {"cameras": {"distance": [1.4, 1.4], "elevation_deg": [-10, 90]}}
+    front = {"azimuth_deg": [-40, 40], "elevation_deg": [-10, 55]}
+    _, plain = prior_configs({"world": world})
+    _, paired = prior_configs({"world": {**world, "pair_cameras": front}})
+    assert plain.pair_cameras is None
+    assert paired.cameras == plain.cameras
+    assert paired.pair_cameras == replace(
+        plain.cameras, azimuth_deg=(-40.0, 40.0), elevation_deg=(-10.0, 55.0)
+    )
+    with pytest.raises(ConfigError, match=r"world\.pair_cameras: unknown key"):
+        prior_configs({"world": {"pair_cameras": {"zoom": 2}}})
 
 
 @pytest.mark.parametrize(
@@ -224,6 +239,7 @@ def test_every_recipe_in_configs_reads(shipped_recipe):
         else:
             parts = Path(config.init_weights).parts
             assert parts[0] == "runs" and len(parts) == 3, (path, config.init_weights)
-            start = read_prior_config(path.parent / f"{parts[1]}.json")[0].unet
+            (recipe,) = root.rglob(f"{parts[1]}.json")  # one recipe of that name
+            start = read_prior_config(recipe)[0].unet
         same = replace(config.unet, image_positions=False)
         assert same == replace(start, image_positions=False), path

@@ -81,7 +81,8 @@ def prior_configs(data: Any) -> tuple[TrainConfig, WorldConfig]:
     ``data`` is a JSON object with optional ``"train"``, ``"world"`` and ``"unet"`` objects,
     each a partial dict of :class:`TrainConfig` (without ``unet``), :class:`WorldConfig`
     and :class:`~cfd3d.priors.embedded.unet.UNetConfig` fields merged over the defaults
-    (nested objects, e.g. the world's ``cameras``, merge too); lists stand for tuples. The
+    (nested objects, e.g. the world's ``cameras``, merge too, and its ``pair_cameras`` merge
+    over its ``cameras``); lists stand for tuples. The
     world's ``image_size`` follows the UNet's unless given, and must equal it.
 
     Raises:
@@ -105,7 +106,14 @@ def prior_configs(data: Any) -> tuple[TrainConfig, WorldConfig]:
     except ConfigError as exc:
         raise ConfigError(f"unet: {exc}") from None
     config = merged(dataclasses.replace(base, unet=unet), train, "train")
-    world = merged(WorldConfig(image_size=unet.image_size), data.get("world", {}), "world")
+    world_data = data.get("world", {})
+    pair_data = world_data.get("pair_cameras") if isinstance(world_data, dict) else None
+    if isinstance(pair_data, dict):  # merged over the world's cameras, not the defaults
+        world_data = {k: v for k, v in world_data.items() if k != "pair_cameras"}
+    world = merged(WorldConfig(image_size=unet.image_size), world_data, "world")
+    if isinstance(pair_data, dict):
+        pair_cameras = merged(world.cameras, pair_data, "world.pair_cameras")
+        world = dataclasses.replace(world, pair_cameras=pair_cameras)
     if world.image_size != unet.image_size:
         raise ConfigError(
             f"world: image_size {world.image_size} must equal the unet's, {unet.image_size} "

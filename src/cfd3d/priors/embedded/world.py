@@ -68,6 +68,11 @@ class WorldConfig:
         cameras: the cameras the images are seen from. The prior is not told the camera,
             so what it learns about an object's size and the views it can draw come from
             this distribution; distilling from the prior works best with the same one.
+        pair_cameras: the cameras two-primitive scenes are seen from (default
+            ``cameras``). "X next to Y" puts X on the left from the front and on the right
+            from the back, so a prior must learn word order and view together; a world
+            that shows pairs from the front only (a first training phase) teaches the
+            order alone, which a second phase on all views keeps.
         face_rgb: albedo of a head's face.
     """
 
@@ -83,6 +88,7 @@ class WorldConfig:
     views_per_scene: int = 4
     cameras: CameraSamplerConfig = field(default_factory=CameraSamplerConfig)
     face_rgb: tuple[float, float, float] = FACE_RGB
+    pair_cameras: CameraSamplerConfig | None = None
 
     def __post_init__(self) -> None:
         for name in ("image_size", "n_samples", "views_per_scene"):
@@ -117,12 +123,12 @@ def world_from_dict(data: dict[str, Any]) -> WorldConfig:
         raise ConfigError(f"unknown world setting(s): {', '.join(unknown)}")
     values = dict(data)
     try:
-        if "cameras" in values:
-            cameras = dict(values["cameras"])
-            for key, value in cameras.items():
-                if isinstance(value, list):
-                    cameras[key] = tuple(value)
-            values["cameras"] = CameraSamplerConfig(**cameras)
+        for name in ("cameras", "pair_cameras"):
+            if values.get(name) is not None:
+                cameras = {
+                    k: tuple(v) if isinstance(v, list) else v for k, v in values[name].items()
+                }
+                values[name] = CameraSamplerConfig(**cameras)
         if "face_rgb" in values:
             values["face_rgb"] = tuple(values["face_rgb"])
         return WorldConfig(**values)
@@ -186,7 +192,8 @@ def render_world(
     cameras: CameraSamplerConfig | None = None,
     progress: bool = False,
 ) -> tuple[torch.Tensor, list[Item]]:
-    """Render ``n`` toy-world images, seen from ``cameras`` (default: the world's).
+    """Render ``n`` toy-world images, seen from ``cameras`` (default: the world's, and its
+    ``pair_cameras`` for two-primitive scenes where it sets them).
 
     Returns:
         ``(n, 3, S, S)`` uint8 images and their :class:`Item` descriptions.
@@ -196,6 +203,7 @@ def render_world(
     from cfd3d.render.volume import RendererConfig, VolumeRenderer
 
     renderer = VolumeRenderer(RendererConfig(n_samples=config.n_samples, shading=WORLD_SHADING))
+    pair_cameras = cameras or config.pair_cameras or config.cameras
     cameras = cameras or config.cameras
     gen = torch.Generator().manual_seed(seed)
     size = config.image_size
@@ -206,7 +214,8 @@ def render_world(
         for start in range(0, n, per_scene):
             k = min(per_scene, n - start)
             scene = random_scene(config, gen)
-            camera = sample_cameras(cameras, k, gen)
+            seen_from = pair_cameras if len(scene.primitives) == 2 else cameras
+            camera = sample_cameras(seen_from, k, gen)
             albedo = float(torch.rand((), generator=gen)) < config.p_albedo
             with torch.no_grad():
                 out = renderer(
