@@ -103,6 +103,7 @@ from cfd3d.generate.config import preset_config
 from cfd3d.priors.embedded.commands import sample_images
 from cfd3d.priors.embedded.prior import EmbeddedPrior
 from cfd3d.priors.embedded.weights import default_weights_path, weights_to_bytes
+from cfd3d.priors.prompts import view_prompt
 from cfd3d.scene.toy import pair
 
 DEMO_GUIDANCE = preset_config("cpu-demo", "a red cube").guidance_scale
@@ -203,27 +204,17 @@ def run(args: argparse.Namespace) -> int:
         views = truth[index * gt_views : (index + 1) * gt_views]
         right.append(judge_relation(views, ca, relation, cb))
         swapped.append(judge_relation(views, cb, relation, ca))
-        images = sample_images(
-            prior,
-            relation_prompt(spec, world),
-            rel_samples,
-            args.guidance,
-            steps,
-            args.seed * 1000 + 500 + index,
-        )
-        hit = judge_relation(quantise(images), ca, relation, cb)
+
+        def draw(prompt: str, seed: int = args.seed * 1000 + 500 + index) -> torch.Tensor:
+            images = sample_images(prior, prompt, rel_samples, args.guidance, steps, seed)
+            return quantise(images)
+
+        hit = judge_relation(draw(relation_prompt(spec, world)), ca, relation, cb)
         hits.append(hit)
         by_kind[relation].append(hit)
         if relation == "next_to":  # from behind, the first object is on the right
-            images = sample_images(
-                prior,
-                pair(*spec).caption() + ", back view",
-                rel_samples,
-                args.guidance,
-                steps,
-                args.seed * 1000 + 500 + index,
-            )
-            back_hits.append(judge_relation(quantise(images), cb, relation, ca))
+            back = draw(view_prompt(pair(*spec).caption(), "back"))
+            back_hits.append(judge_relation(back, cb, relation, ca))
     result.update(
         relation_acc=round(float(torch.cat(hits).float().mean()), 4),
         relation_by_kind={

@@ -106,12 +106,12 @@ def prior_configs(data: Any) -> tuple[TrainConfig, WorldConfig]:
     except ConfigError as exc:
         raise ConfigError(f"unet: {exc}") from None
     config = merged(dataclasses.replace(base, unet=unet), train, "train")
-    world_data = data.get("world", {})
-    pair_data = world_data.get("pair_cameras") if isinstance(world_data, dict) else None
-    if isinstance(pair_data, dict):  # merged over the world's cameras, not the defaults
-        world_data = {k: v for k, v in world_data.items() if k != "pair_cameras"}
+    world_data, pair_data = data.get("world", {}), None
+    if isinstance(world_data, dict) and isinstance(world_data.get("pair_cameras"), dict):
+        world_data = dict(world_data)  # pair_cameras merge over the world's cameras
+        pair_data = world_data.pop("pair_cameras")
     world = merged(WorldConfig(image_size=unet.image_size), world_data, "world")
-    if isinstance(pair_data, dict):
+    if pair_data is not None:
         pair_cameras = merged(world.cameras, pair_data, "world.pair_cameras")
         world = dataclasses.replace(world, pair_cameras=pair_cameras)
     if world.image_size != unet.image_size:
