@@ -105,6 +105,32 @@ def test_image_positions_start_at_zero_and_break_the_mirror_symmetry(tmp_path):
     torch.testing.assert_close(loaded(x, t, ids), model(x, t, ids), atol=1e-2, rtol=0)
 
 
+def test_text_positions_start_at_the_words_scale_only_when_asked():
+    """``text_positions_std`` 0 (the v2 recipe) starts the text positions at zero and draws
+    no random numbers, so the v2 prior's training still reproduces; above 0 the positions
+    start at that scale, and the encoder tells "X on top of Y" from "Y on top of X" at once."""
+    torch.manual_seed(0)
+    plain = TinyUNet(TINY)
+    torch.manual_seed(0)
+    again = TinyUNet(UNetConfig(**{**TINY.__dict__, "text_positions_std": 0.0}))
+    for a, b in zip(plain.parameters(), again.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not plain.text.position.any()
+    torch.manual_seed(0)
+    ordered = TinyUNet(UNetConfig(**{**TINY.__dict__, "text_positions_std": 1.0}))
+    std = ordered.text.position.std().item()
+    assert 0.8 < std < 1.2
+    tok = WordTokenizer(WORDS, max_length=TINY.max_tokens)
+    ids = tok.encode(["a red cube on top of a blue sphere", "a blue sphere on top of a red cube"])
+    pooled_plain = plain.text(ids)[2]
+    pooled_ordered = ordered.text(ids)[2]
+    # Without positions a mean-pooled bag of words is blind to the order; with them it is not.
+    torch.testing.assert_close(pooled_plain[0], pooled_plain[1], atol=1e-5, rtol=0)
+    assert (pooled_ordered[0] - pooled_ordered[1]).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="text_positions_std"):
+        UNetConfig(**{**TINY.__dict__, "text_positions_std": -1.0})
+
+
 def test_without_pooled_text_the_words_reach_the_pixels_through_attention_only(tmp_path):
     config = UNetConfig(**{**TINY.__dict__, "pooled_text": False})
     torch.manual_seed(0)
