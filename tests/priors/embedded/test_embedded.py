@@ -1,16 +1,18 @@
 """The embedded prior's parts on tiny random models: tokenizer, UNet, weights, training."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 from safetensors import safe_open
+from torch import nn
 
 from cfd3d.errors import UserError
 from cfd3d.priors.embedded.prior import EmbeddedPrior
 from cfd3d.priors.embedded.tokenizer import WordTokenizer
 from cfd3d.priors.embedded.training import TrainConfig, learning_rate, train
-from cfd3d.priors.embedded.unet import TinyUNet, UNetConfig
+from cfd3d.priors.embedded.unet import TextEncoder, TinyUNet, UNetConfig
 from cfd3d.priors.embedded.weights import CHECKSUM_NAME, load_weights, write_weights
 
 WORDS = ("a", "red", "blue", "cube", "sphere", "on", "top", "of", ",", "front", "view")
@@ -109,12 +111,23 @@ def test_text_positions_start_at_the_words_scale_only_when_asked():
     """``text_positions_std`` 0 (the v2 recipe) starts the text positions at zero and draws
     no random numbers, so the v2 prior's training still reproduces; above 0 the positions
     start at that scale, and the encoder tells "X on top of Y" from "Y on top of X" at once."""
+
+    def draws(config: UNetConfig) -> torch.Tensor:
+        torch.manual_seed(0)
+        TextEncoder(config)
+        return torch.random.get_rng_state()
+
+    # The encoder's other modules alone, built as before the setting existed.
+    torch.manual_seed(0)
+    nn.Embedding(TINY.vocab_size, TINY.text_width, padding_idx=0)
+    layer = nn.TransformerEncoderLayer(
+        TINY.text_width, nhead=4, dim_feedforward=2 * TINY.text_width, dropout=0.0, batch_first=True
+    )
+    nn.TransformerEncoder(layer, TINY.text_layers, enable_nested_tensor=False)
+    assert torch.equal(draws(TINY), torch.random.get_rng_state())
+    assert not torch.equal(draws(replace(TINY, text_positions_std=1.0)), draws(TINY))
     torch.manual_seed(0)
     plain = TinyUNet(TINY)
-    torch.manual_seed(0)
-    again = TinyUNet(UNetConfig(**{**TINY.__dict__, "text_positions_std": 0.0}))
-    for a, b in zip(plain.parameters(), again.parameters(), strict=True):
-        assert torch.equal(a, b)
     assert not plain.text.position.any()
     torch.manual_seed(0)
     ordered = TinyUNet(UNetConfig(**{**TINY.__dict__, "text_positions_std": 1.0}))
