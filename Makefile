@@ -16,7 +16,7 @@ HAVE_NPM := $(shell command -v npm 2>/dev/null)
 HAVE_APT := $(shell command -v apt-get 2>/dev/null)
 HAVE_CHROMIUM := $(shell command -v chromium 2>/dev/null || command -v chromium-browser 2>/dev/null)
 
-.PHONY: demo test lint format clean-venv browser
+.PHONY: demo test lint format clean-venv browser prior
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,18 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(VENV)/bin/cfd3d generate "a red cube" --seed 0 --out out/demo --overwrite
+
+# Retrain the shipped embedded prior (about 2.2 hours on 2 CPU cores; interrupted runs resume):
+# pairs of objects seen from the front first, then every view. Copy
+# runs/embedded-prior/embedded_prior.safetensors and its .sha256 into src/cfd3d/assets/.
+PRIOR_THREADS ?= 2
+prior: $(STAMP)
+	OMP_NUM_THREADS=$(PRIOR_THREADS) $(VENV)/bin/cfd3d train-prior \
+	  --config configs/embedded-prior-front.json --seed 0 --threads $(PRIOR_THREADS) \
+	  --work runs/embedded-prior-front --out runs/embedded-prior-front/embedded_prior.safetensors
+	OMP_NUM_THREADS=$(PRIOR_THREADS) $(VENV)/bin/cfd3d train-prior \
+	  --config configs/embedded-prior.json --seed 1 --threads $(PRIOR_THREADS) \
+	  --work runs/embedded-prior --out runs/embedded-prior/embedded_prior.safetensors
 
 $(GLTF_STAMP): $(GLTF)/package-lock.json
 	npm ci --prefix $(GLTF) --silent --no-audit --no-fund

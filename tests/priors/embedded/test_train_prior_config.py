@@ -21,6 +21,9 @@ SMALL = {
     "world": {"n_samples": 8, "p_pair": 0.5, "cameras": {"fovy_deg": [50, 50]}},
 }
 """A tiny run: small UNet, 4 images a step, 8 samples a ray; the world changed a little."""
+FRONT = Path(__file__).resolve().parents[3] / "configs" / "embedded-prior-front.json"
+"""The shipped prior's first recipe (pairs seen from the front); ``RECIPE`` goes on from
+the weights it writes."""
 
 
 def _plain(value):
@@ -31,6 +34,7 @@ def _plain(value):
 def test_the_recipe_file_is_the_shipped_weights_settings(shipped_recipe):
     model, metadata = load_weights()
     config, world = shipped_recipe
+    config = replace(config, seed=1)  # the command line's --seed 1, as recorded below
     # settings added after the weights were made are absent there, which means the default
     for ours, stored, default in (
         (config, metadata["train_config"], TrainConfig()),
@@ -41,17 +45,23 @@ def test_the_recipe_file_is_the_shipped_weights_settings(shipped_recipe):
             expected["unet"] = {**_plain(asdict(default.unet)), **stored["unet"]}
         assert _plain(asdict(ours)) == expected
     assert asdict(model.config) == asdict(config.unet)
-    assert metadata["command"].startswith("cfd3d train-prior --config ")
-    assert metadata["command"].endswith(f"--seed 0 --steps {config.steps} --dataset-size 24000")
+    assert metadata["command"] == (
+        f"cfd3d train-prior --config configs/embedded-prior.json --seed 1 "
+        f"--steps {config.steps} --dataset-size {config.dataset_size}"
+    )
+    # the second of two recipes: it starts from the weights the first one writes
+    assert config.init_weights == f"runs/{FRONT.stem}/embedded_prior.safetensors"
+    assert len(metadata["init_weights_sha256"]) == 64
     # without --config: the first prior's world and training, what the tests' small runs use
     assert prior_configs({}) == (TrainConfig(), WorldConfig())
     assert TrainConfig().steps == 3000 and TrainConfig().unet.attention_levels == ()
 
 
 def test_sections_merge_over_the_defaults(shipped_recipe):
-    config, world = shipped_recipe
+    config, world = read_prior_config(FRONT)
     assert config.unet.attention_levels == (1,) and config.unet.channels == (48, 96, 128)
-    assert config.steps == 18000 and config.dataset_size == 24000
+    assert config.unet.text_positions_std == 1.0 and not config.init_weights
+    assert config.steps == 12000 and config.dataset_size == 24000
     assert config.batch_size == TrainConfig().batch_size  # merged, not replaced
     assert world.face_rgb == (0.06, 0.06, 0.08) and world.p_pair == 0.45
     assert world.p_head == WorldConfig().p_head
@@ -59,6 +69,15 @@ def test_sections_merge_over_the_defaults(shipped_recipe):
     assert cameras.fovy_deg == (50.0, 50.0) and cameras.distance == (1.4, 1.4)
     assert cameras.elevation_deg == (-10.0, 90.0)
     assert cameras.azimuth_deg == CameraSamplerConfig().azimuth_deg  # merged, not replaced
+    assert world.pair_cameras == replace(
+        cameras, azimuth_deg=(-40.0, 40.0), elevation_deg=(-10.0, 55.0)
+    )
+    # the shipped recipe goes on from there: every pair seen from every side, captioned
+    final, final_world = shipped_recipe
+    assert final.unet == config.unet and final_world.cameras == cameras
+    assert final.steps == 6000 and final.dataset_size == 12000 and final.lr == 5e-4
+    assert final_world.p_pair == 0.6 and final_world.p_view_pair == 1.0
+    assert final_world.pair_cameras is None
     config, world = prior_configs({"unet": {"image_size": 64, "channels": [32, 64]}})
     assert world.image_size == 64  # the world follows the UNet's size
 

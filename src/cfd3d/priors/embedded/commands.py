@@ -267,10 +267,15 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="train the embedded toy-world prior from scratch",
         description=(
             "Render the toy world and train the embedded prior on it. Interrupted runs "
-            "resume from --work. The shipped weights were made with --config "
-            "configs/embedded-prior.json --seed 0 (about 110 minutes on 2 CPU cores; their "
-            "metadata records the command and every setting); copy the result to "
-            "src/cfd3d/assets/ (with its .sha256) to replace them. Without --config: the "
+            "resume from --work. The shipped weights were made by two runs (`make prior`, "
+            "about 2.2 hours on 2 CPU cores): --config configs/embedded-prior-front.json "
+            "--seed 0 --work runs/embedded-prior-front --out "
+            "runs/embedded-prior-front/embedded_prior.safetensors (pairs of objects seen "
+            "from the front), then --config configs/embedded-prior.json --seed 1 --work "
+            "runs/embedded-prior --out runs/embedded-prior/embedded_prior.safetensors, "
+            "which starts from the first run's weights (their metadata records the command "
+            "and every setting); copy the result to src/cfd3d/assets/ (with its .sha256) to "
+            "replace them. Without --config: the "
             "first prior's smaller world, 3000 steps. --config FILE.json changes the "
             "training, the world or the UNet."
         ),
