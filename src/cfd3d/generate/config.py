@@ -429,7 +429,9 @@ def _cpu_demo(prompt: str) -> GenerateConfig:
     carved in 500 steps, and the torus's hole came out as white matter, opaque from above
     (mesh IoU on seeds 10-11: torus 0.61 -> 0.91, hole open in 4 of 4 runs; cube
     0.73 -> 0.72, cone 0.92 -> 0.84; mean 0.75 -> 0.82; factors 3, 4, 5 and 8 tried, and 2
-    with the colour 5 times slower: the hole opens from 4). Exports fit the CPU's
+    with the colour 5 times slower: the hole opens from 4). Both were tuned on the v2
+    prior; on the shipped v3 the same seeds give mean mesh IoU 0.76 (guidance 5 and a
+    ramp from 50 % tried, neither better: docs/benchmarks.md). Exports fit the CPU's
     budget: a 10k-face mesh with a 512² texture, a 256² turntable of 24 frames (3 s at
     8 fps; about 6-15 s of rendering on 2 cores).
     """
