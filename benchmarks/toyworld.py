@@ -385,7 +385,10 @@ def markdown(
         "mask IoU (↑) and colour error (↓, an empty result counts as 1) against ground truth "
         "over an 8-view orbit; empty: results with no opaque pixel; mesh "
         f"IoU (↑): volumetric IoU at {MESH_IOU_RESOLUTION}³ of the mesh `cfd3d generate` "
-        "exports (automatic threshold) against the ground-truth solid; "
+        "exports (automatic threshold) against the ground-truth solid turned about the "
+        "vertical axis to fit best (the prior cannot tell a cube's yaw: its views and view "
+        "phrases look the same every 90°), “as placed” against the solid as the world "
+        "places it; "
         "diversity: mean pairwise RMS between seeds' orbit renders; mode TV (↓): total "
         "variation between the results' class shares (the missing attribute, per view) and "
         "the prior's own samples' classes; torus hole: the share of the torus prompts' "
@@ -393,7 +396,8 @@ def markdown(
         "background pixels (the hole).",
         "",
     ]
-    header = ["method", "probe FID", "probe CLIP", "mask IoU", "mesh IoU", "colour err", "empty"]
+    header = ["method", "probe FID", "probe CLIP", "mask IoU", "mesh IoU", "as placed"]
+    header += ["colour err", "empty"]
     header += ["diversity"]
     header += [f"mode TV “{p}”" for p in under] + ["torus hole", "noise share", "wall s"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -405,6 +409,7 @@ def markdown(
             f"{fmt(r['probe_clip'])} ± {fmt(r['probe_clip_seed_std'])}",
             fmt(r["mask_iou"]),
             fmt(r["mesh_iou"]),
+            fmt(r.get("mesh_iou_placed")),
             fmt(r["color_err"]),
             str(r["empty_results"]),
             fmt(r["diversity"]),
@@ -440,6 +445,11 @@ def markdown(
                 shown += f" (TV {d['mode_tv']:.3f}, named attribute right {d['known_acc']:.2f})"
             else:
                 shown = "IoU per seed " + " / ".join(f"{s['mask_iou']:.2f}" for s in d["seeds"])
+                if d.get("mesh_iou") is not None:
+                    shown += "; mesh IoU per seed " + " / ".join(
+                        f"{s['mesh_iou']:.2f} (as placed {s['mesh_iou_placed']:.2f})"
+                        for s in d["seeds"]
+                    )
             if "hole_pixels" in d:
                 truth = d.get("hole_pixels_truth")
                 shown += "; hole pixels from above " + " / ".join(map(str, d["hole_pixels"]))
@@ -667,7 +677,7 @@ def run(args: argparse.Namespace) -> int:
             truths.setdefault(prompt.text, truth)
             truth_world[(prompt.text, result.seed)] = truth.world
             verdict = f"mask IoU {mask_iou(result.views, truths[prompt.text]):.3f}"
-            verdict += f", mesh IoU {result.mesh_iou:.3f}"
+            verdict += f", mesh IoU {result.mesh_iou:.3f} (as placed {result.mesh_iou_placed:.3f})"
         else:
             label = classify_missing(probe, result.views.world, prompt.missing)
             names = class_names(prompt.missing)

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from cfd3d.cli import main
 from cfd3d.generate.config import preset_config, save_config
@@ -75,6 +76,18 @@ def cfd3d_process(args: list[str]) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """In-process runs with the thread count of :func:`cfd3d_process`'s (one): float sums
+    depend on it, and the tests compare runs of both kinds, and runs resumed across them,
+    byte for byte (with torch's default of one thread per core they differed from the
+    first step whenever this folder ran alone)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

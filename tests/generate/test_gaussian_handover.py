@@ -58,8 +58,13 @@ def finished_stage(config: GenerateConfig, prior) -> dict:
 
 def test_a_voxel_stage_hands_its_silhouette_to_gaussians(prior):
     # Without cpu-demo's density ramp: squeezed into 3 steps it would make the initial
-    # blob's soft tail opaque, a silhouette no finished stage has.
-    pipeline = chained(stage("cpu-demo", density_scale=()), stage("toy-gaussians"))
+    # blob's soft tail opaque, a silhouette no finished stage has. And from a blob as dense
+    # as a finished stage's object (raw 10): cpu-demo's starts at 5, a haze whose soft
+    # tail renders half opaque well outside its half-interior level set, until its ramp
+    # makes it opaque.
+    voxel = replace(preset_config("cpu-demo", "a red cube").voxel, blob_density=10.0)
+    first = stage("cpu-demo", density_scale=(), voxel=voxel)
+    pipeline = chained(first, stage("toy-gaussians"))
     voxel, gaussians = (s.config for s in pipeline.stages)
     assert (voxel.field, gaussians.field, gaussians.init_from) == ("voxel", "gaussians", "../a")
     earlier = Run(voxel, prior)

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -16,9 +17,11 @@ from cfd3d.scene.toy import (
     Cylinder,
     Sphere,
     Torus,
+    ToyScene,
     bounding_radius,
     get_scene,
     scene_names,
+    single,
 )
 
 
@@ -208,3 +211,20 @@ def test_every_scene_fits_the_bound_and_fills_the_view():
             if fovy == 52.0:
                 assert not border.any(), (name, elevation)
             assert hit.float().mean() < 0.6 and border.float().mean() < 0.2, (name, fovy)
+
+
+def test_occupancy_turned_about_the_vertical_axis():
+    cube = single("red", "cube")
+    placed = cube.occupancy(48, 1.0)
+    assert (cube.occupancy(48, 1.0, 90.0) == placed).all()  # a cube's quarter turn
+    half = cube.occupancy(48, 1.0, 45.0)
+    iou = (placed & half).sum() / (placed | half).sum()
+    # A square and its 45° turn overlap in a regular octagon: IoU (2√2 - 2) / (4 - 2√2).
+    assert iou == pytest.approx((2 * math.sqrt(2) - 2) / (4 - 2 * math.sqrt(2)), abs=0.02)
+    # Counter-clockwise seen from above: a ball at +x turns a quarter to +y.
+    ball = dataclasses.replace(single("red", "sphere").primitives[0], center=(0.5, 0.0, 0.2))
+    turned = ToyScene((ball,)).occupancy(48, 1.0, 90.0)
+    axis = (torch.arange(48, dtype=torch.float64) + 0.5) / 24 - 1.0
+    grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1)
+    centre = grid[torch.as_tensor(turned)].mean(0)
+    assert centre.tolist() == pytest.approx([0.0, 0.5, 0.2], abs=0.01)  # cells 0.04

@@ -426,12 +426,20 @@ class ToyScene:
         """``(N,)`` bool: the point lies inside (or on) the ideal solid."""
         return self.sdf(points) <= 0.0
 
-    def occupancy(self, resolution: int, bound: float) -> np.ndarray:
+    def occupancy(self, resolution: int, bound: float, yaw_deg: float = 0.0) -> np.ndarray:
         """``(res, res, res)`` bool :meth:`contains` at the cell centres of the grid of
-        :mod:`cfd3d.export.mesh` (``resolution`` cells over ``[-bound, bound]``, x first)."""
+        :mod:`cfd3d.export.mesh` (``resolution`` cells over ``[-bound, bound]``, x first),
+        of the scene turned by ``yaw_deg`` about the vertical (+z) axis, counter-clockwise
+        seen from above."""
         axis = torch.as_tensor(cell_centres(resolution, bound))
         points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
-        inside = self.contains(points.reshape(-1, 3))
+        points = points.reshape(-1, 3)
+        if yaw_deg:
+            # A point of the turned scene is the point of the scene turned back.
+            c, s = math.cos(math.radians(yaw_deg)), math.sin(math.radians(yaw_deg))
+            x, y = points[:, 0], points[:, 1]
+            points = torch.stack((c * x + s * y, -s * x + c * y, points[:, 2]), dim=-1)
+        inside = self.contains(points)
         return inside.reshape((resolution,) * 3).numpy()
 
     def __call__(self, points: torch.Tensor) -> FieldOutput:

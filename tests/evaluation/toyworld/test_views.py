@@ -2,6 +2,7 @@
 
 from dataclasses import asdict
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,7 +17,9 @@ from cfd3d.evaluation.toyworld.views import (
     mean_color,
     world_of,
     world_views,
+    yaw_aligned_iou,
 )
+from cfd3d.export.mesh import volumetric_iou
 from cfd3d.priors.embedded.prior import EmbeddedPrior
 from cfd3d.priors.embedded.unet import TinyUNet, UNetConfig
 from cfd3d.priors.embedded.weights import write_weights
@@ -121,3 +124,20 @@ def test_a_true_torus_shows_its_hole_from_above_and_solids_do_not(shipped_run, s
         holes[shape] = hole_pixels(views.overhead)
     assert holes["torus"] >= 3 * HOLE_MIN_PIXELS  # the threshold is a fraction of the truth's
     assert holes["cylinder"] == holes["cube"] == holes["sphere"] == 0
+
+
+def test_mesh_iou_forgives_only_the_turns_the_prior_cannot_tell_apart():
+    cube = single("red", "cube")
+    turned = cube.occupancy(48, 1.0, 57.0)
+    placed = volumetric_iou(turned, cube.occupancy(48, 1.0))
+    assert placed < 0.8
+    best, yaw = yaw_aligned_iou(turned, cube, 1.0)
+    assert best == 1.0
+    assert yaw == pytest.approx(57.0, abs=2.0)  # 48 cells cannot tell a degree apart
+    # Nothing else is forgiven: a cone is no cube at any yaw, and a cube moved sideways
+    # stays moved.
+    cone = single("red", "cone").occupancy(48, 1.0)
+    assert yaw_aligned_iou(cone, cube, 1.0)[0] < 0.4
+    moved = np.roll(cube.occupancy(48, 1.0), 6, axis=0)
+    best, _ = yaw_aligned_iou(moved, cube, 1.0)
+    assert best == pytest.approx(volumetric_iou(moved, cube.occupancy(48, 1.0)), abs=0.02)

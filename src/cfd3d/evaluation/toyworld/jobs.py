@@ -62,7 +62,9 @@ class Result:
         method, prompt, seed: what was run.
         views: its evaluation renders.
         mesh_iou: volumetric IoU of its exported mesh against the ground truth (fully
-            named prompts only).
+            named prompts only), up to the turns about the vertical axis the prior cannot
+            tell apart (:func:`~cfd3d.evaluation.toyworld.views.mesh_iou`).
+        mesh_iou_placed: the same against the ground truth as the world places it.
         noise_ms, step_ms: summed over the steps.
         distill_s, eval_s: wall time of the optimisation and of the evaluation.
     """
@@ -76,6 +78,7 @@ class Result:
     step_ms: float
     distill_s: float
     eval_s: float
+    mesh_iou_placed: float | None = None
 
 
 def method_config(base: GenerateConfig, method: str, seed: int, steps: int) -> GenerateConfig:
@@ -171,7 +174,7 @@ def job_row(job: Job) -> str:
     return job.method if job.base.field == "voxel" else f"{job.method}@{job.base.field}"
 
 
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 """Bumped when what a cached run holds, or how it is evaluated, changes."""
 
 
@@ -257,11 +260,12 @@ def run_job(job: Job, prior: Prior) -> list[tuple[Result, Views | None]]:
         run_, views, timing = distil(config, prior, job.size, state, composition)
         state = run_.state_dict()
         truth = None
-        iou = None
+        iou = placed = None
         if job.prompt.missing is None:
             scene = truth_scene(job.prompt, world)
             truth = look(run_, scene, job.size, job.seed, world, composition)
             if composition is None:
-                iou = round(mesh_iou(run_, scene), 4)
-        results.append((Result(label, job.prompt, job.seed, views, iou, **timing), truth))
+                iou, placed = (round(x, 4) for x in mesh_iou(run_, scene))
+        result = Result(label, job.prompt, job.seed, views, iou, **timing, mesh_iou_placed=placed)
+        results.append((result, truth))
     return results

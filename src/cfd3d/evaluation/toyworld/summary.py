@@ -99,6 +99,7 @@ def single_detail(runs: list[Result], truth: Views) -> dict:
                 "seed": r.seed,
                 "mask_iou": round(mask_iou(r.views, truth), 4),
                 "mesh_iou": r.mesh_iou,
+                "mesh_iou_placed": r.mesh_iou_placed,
                 "color_err": round(err, 4),
                 "empty": colour is None,
             }
@@ -106,6 +107,9 @@ def single_detail(runs: list[Result], truth: Views) -> dict:
     return {
         "mask_iou": mean_or_none([s["mask_iou"] for s in seeds]),
         "mesh_iou": mean_or_none([s["mesh_iou"] for s in seeds if s["mesh_iou"] is not None]),
+        "mesh_iou_placed": mean_or_none(
+            [s["mesh_iou_placed"] for s in seeds if s["mesh_iou_placed"] is not None]
+        ),
         "color_err": mean_or_none([s["color_err"] for s in seeds]),
         "empty_results": sum(int(s["empty"]) for s in seeds),
         "diversity": round(diversity([r.views for r in runs]), 4),
@@ -254,6 +258,9 @@ def summarise(
         "probe_clip_seed_std": mean_or_none([d["probe_clip_seed_std"] for d in details]),
         "mask_iou": mean_or_none([s["mask_iou"] for s in seeds]),
         "mesh_iou": mean_or_none([s["mesh_iou"] for s in seeds if s["mesh_iou"] is not None]),
+        "mesh_iou_placed": mean_or_none(
+            [s["mesh_iou_placed"] for s in seeds if s["mesh_iou_placed"] is not None]
+        ),
         "color_err": mean_or_none([s["color_err"] for s in seeds]),
         "diversity": mean_or_none([d["diversity"] for d in singles]),
         "diversity_underspecified": mean_or_none([d["diversity"] for d in unders.values()]),
