@@ -397,8 +397,7 @@ def markdown(
         "",
     ]
     header = ["method", "probe FID", "probe CLIP", "mask IoU", "mesh IoU", "as placed"]
-    header += ["colour err", "empty"]
-    header += ["diversity"]
+    header += ["colour err", "empty", "diversity"]
     header += [f"mode TV “{p}”" for p in under] + ["torus hole", "noise share", "wall s"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for m in methods:

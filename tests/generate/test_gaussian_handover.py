@@ -62,9 +62,8 @@ def test_a_voxel_stage_hands_its_silhouette_to_gaussians(prior):
     # as a finished stage's object (raw 10): cpu-demo's starts at 5, a haze whose soft
     # tail renders half opaque well outside its half-interior level set, until its ramp
     # makes it opaque.
-    voxel = replace(preset_config("cpu-demo", "a red cube").voxel, blob_density=10.0)
-    first = stage("cpu-demo", density_scale=(), voxel=voxel)
-    pipeline = chained(first, stage("toy-gaussians"))
+    dense = replace(preset_config("cpu-demo", "a red cube").voxel, blob_density=10.0)
+    pipeline = chained(stage("cpu-demo", density_scale=(), voxel=dense), stage("toy-gaussians"))
     voxel, gaussians = (s.config for s in pipeline.stages)
     assert (voxel.field, gaussians.field, gaussians.init_from) == ("voxel", "gaussians", "../a")
     earlier = Run(voxel, prior)
