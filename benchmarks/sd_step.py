@@ -19,9 +19,10 @@ phases of CFD steps on one device:
 The reference recipe's settings are used where they matter for cost (guidance 70, annealed
 timestep, gamma 1e-2 -> 1e-4, cameras of stage 1). One warm-up step is not timed;
 ``ms_per_step`` and ``split_ms`` are medians over ``--steps`` timed steps. CUDA is
-synchronised around every phase. ``peak_mem_mb`` is ``torch.cuda.max_memory_allocated``
-on CUDA (weights included) and the process's peak resident set size on the CPU (model
-building included).
+synchronised around every phase. A step whose field gradient is not finite is not taken
+(as in ``cfd3d generate``); ``nonfinite_steps`` counts them (warm-up included).
+``peak_mem_mb`` is ``torch.cuda.max_memory_allocated`` on CUDA (weights included) and the
+process's peak resident set size on the CPU (model building included).
 
 Memory: by default the step renders as ``cfd3d generate``'s ``sd-stage1`` does, with an
 occupancy grid (empty-space skipping, early ray termination) and deferred
@@ -239,6 +240,8 @@ def run(args: argparse.Namespace) -> int:
         torch.cuda.reset_peak_memory_stats(device)
         resident_mb = torch.cuda.memory_allocated(device) / 2**20
 
+    skipped: list[bool] = []
+
     def step(index: int) -> dict[str, float]:
         timer = PhaseTimer(device)
         deferred = None
@@ -285,9 +288,17 @@ def run(args: argparse.Namespace) -> int:
             gradient_loss(z, grad).backward()
             if deferred is not None:
                 deferred.backward(image.grad)
-        with timer("optimizer"):
-            optimiser.step()
+        with timer("optimizer"):  # as the Run does: a non-finite step is not taken
+            finite = all(
+                bool(torch.isfinite(p.grad).all())
+                for group in optimiser.param_groups
+                for p in group["params"]
+                if p.grad is not None
+            )
+            if finite:
+                optimiser.step()
             optimiser.zero_grad(set_to_none=True)
+        skipped.append(not finite)
         return timer.ms
 
     step(0)  # warm-up: allocator, kernels, lazily created noise tiles
@@ -316,6 +327,7 @@ def run(args: argparse.Namespace) -> int:
         "shading": args.shading,
         "unet_params": sum(p.numel() for p in prior.unet.parameters()),
         "steps": args.steps,
+        "nonfinite_steps": sum(skipped),
         "ms_per_step": round(statistics.median(totals), 1),
         "split_ms": {
             phase: round(statistics.median(ms[phase] for ms in timed), 1) for phase in PHASES

@@ -9,6 +9,7 @@ gradients. It has NOT been run on a GPU yet: no GPU was available when it was wr
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -148,12 +149,28 @@ def test_gsplat_matches_the_torch_reference(height, width, n, mode):
         grads[backend] = {name: getattr(field, name).grad for name in PARAMETER_NAMES}
         grads[backend]["means2d"] = info.ndc_grad() * info.visible[..., None]
     ref, fast = outputs["torch"], outputs["gsplat"]
+    # Every figure is gathered before any is checked, so one run (on a rarely lent GPU)
+    # reports them all: `pytest -s` prints them, a failure names them.
+    report, failures = {}, []
     for name in ("rgb", "opacity"):
-        diff = (getattr(ref, name) - getattr(fast, name)).abs()
-        assert float(diff.max()) < 0.02 and float(diff.mean()) < 2e-3, name
+        diff = (getattr(ref, name) - getattr(fast, name)).detach().abs()
+        report[f"{name}_max"], report[f"{name}_mean"] = float(diff.max()), float(diff.mean())
+        if not (report[f"{name}_max"] < 0.02 and report[f"{name}_mean"] < 2e-3):
+            failures.append(name)
     solid = (ref.opacity > 0.5) & (fast.opacity > 0.5)
-    assert torch.allclose(ref.depth[solid], fast.depth[solid], rtol=1e-2)
+    relative = (ref.depth[solid] - fast.depth[solid]).detach().abs() / ref.depth[solid].abs()
+    report["depth_rel_max"] = float(relative.max()) if relative.numel() else 0.0
+    if not torch.allclose(ref.depth[solid], fast.depth[solid], rtol=1e-2):
+        failures.append("depth")
     for name, value in grads["torch"].items():
         other = grads["gsplat"][name]
-        assert cosine(value, other) >= 0.99, name
-        assert abs(float(other.norm() / value.norm()) - 1.0) < 0.05, name
+        if value is None or other is None:  # colours get none when shading is textureless
+            if (value is None) != (other is None):
+                failures.append(f"{name} gradient only on one side")
+            continue
+        similarity, ratio = cosine(value, other), float(other.norm() / value.norm())
+        report[f"{name}_grad_cos"], report[f"{name}_grad_norm_ratio"] = similarity, ratio
+        if not (similarity >= 0.99 and abs(ratio - 1.0) < 0.05):
+            failures.append(f"{name} gradient")
+    print(f"gsplat vs torch {height}x{width} n={n} {mode}:", json.dumps(report, indent=None))
+    assert not failures, f"outside tolerance: {failures}; {report}"

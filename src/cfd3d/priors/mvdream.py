@@ -57,6 +57,7 @@ from cfd3d.diffusion.schedule import NoiseSchedule, make_schedule
 from cfd3d.errors import ConfigError, UserError
 from cfd3d.priors.base import Prior
 from cfd3d.priors.tokenizers import embed_prompts
+from cfd3d.priors.vae import vae_decode, vae_encode
 
 CAMERA_DIM = 16
 """Length of MVDream's camera condition: a flattened 4x4 matrix."""
@@ -383,15 +384,10 @@ class MVDreamPrior(Prior):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` in [0, 1] -> ``(B, 4, h, w)`` scaled latents, with gradient: the
         VAE encoder's mean after a bilinear resize to :attr:`image_size`."""
-        if tuple(images.shape[-2:]) != self.image_size:
-            images = torch.nn.functional.interpolate(
-                images, size=self.image_size, mode="bilinear", align_corners=False
-            )
-        x = (images * 2.0 - 1.0).to(self.device, self.dtype)
-        latents = self.vae.encode(x).latent_dist.mean * self.scaling_factor
-        return latents.to(images.dtype)
+        return vae_encode(
+            self.vae, images, self.image_size, self.scaling_factor, self.device, self.dtype
+        )
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.vae.decode((z / self.scaling_factor).to(self.device, self.dtype)).sample
-        return ((x.float() + 1.0) * 0.5).clamp(0.0, 1.0)
+        return vae_decode(self.vae, z, self.scaling_factor, self.device, self.dtype)

@@ -44,6 +44,7 @@ from cfd3d.errors import ConfigError, UserError
 from cfd3d.priors.base import Prior
 from cfd3d.priors.ldm import SINGLE_FILE_SUFFIXES
 from cfd3d.priors.tokenizers import embed_prompts
+from cfd3d.priors.vae import vae_decode, vae_encode
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
 """The documented default; withdrawn from the hub (Nov 2025), used only from the cache."""
@@ -563,17 +564,12 @@ class StableDiffusionPrior(Prior):
                     f"got {images.shape[1]} channels"
                 )
             return images
-        if tuple(images.shape[-2:]) != self.image_size:
-            images = torch.nn.functional.interpolate(
-                images, size=self.image_size, mode="bilinear", align_corners=False
-            )
-        x = (images * 2.0 - 1.0).to(self.device, self.dtype)
-        latents = self.vae.encode(x).latent_dist.mean * self.scaling_factor
-        return latents.to(images.dtype)
+        return vae_encode(
+            self.vae, images, self.image_size, self.scaling_factor, self.device, self.dtype
+        )
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         if self.config.latent and z.shape[1] != self.input_shape[0]:
             return z
-        x = self.vae.decode((z / self.scaling_factor).to(self.device, self.dtype)).sample
-        return ((x.float() + 1.0) * 0.5).clamp(0.0, 1.0)
+        return vae_decode(self.vae, z, self.scaling_factor, self.device, self.dtype)

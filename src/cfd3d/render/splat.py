@@ -377,9 +377,11 @@ def rasterize_gsplat(
     means2d = meta["means2d"]
     if means2d.requires_grad:
         means2d.retain_grad()
-    radii = meta["radii"]
-    radius = (radii.amax(-1) if radii.ndim == 3 else radii).to(features.dtype)  # 1.5: per axis
-    return Rasterized(image, alpha, means2d, radius > 0, radius)
+    radii = meta["radii"]  # gsplat 1.5: per image axis, a Gaussian counts where both are > 0
+    per_axis = radii.ndim == 3
+    visible = (radii > 0).all(-1) if per_axis else radii > 0
+    radius = (radii.amax(-1) if per_axis else radii).to(features.dtype)
+    return Rasterized(image, alpha, means2d, visible, radius)
 
 
 def _composite_tile(
