@@ -4,7 +4,9 @@ twin test of the two rasterisers (CUDA and gsplat only).
 The twin test (:func:`test_gsplat_matches_the_torch_reference`) renders random scenes with
 both backends and compares the forward images (rgb, opacity, expected depth) and the
 gradients of every Gaussian parameter and of the projected centres for random upstream
-gradients. It has NOT been run on a GPU yet: no GPU was available when it was written.
+gradients. Run on an NVIDIA H200 (gsplat 1.5.3 compiled there, torch 2.11 + CUDA 13) on
+2026-12-04: all three cases passed, images within 2.2e-4, gradients at cosine >= 0.99999
+(docs/benchmarks.md, "GPU checks").
 """
 
 from __future__ import annotations
@@ -158,7 +160,7 @@ def test_gsplat_matches_the_torch_reference(height, width, n, mode):
         if not (report[f"{name}_max"] < 0.02 and report[f"{name}_mean"] < 2e-3):
             failures.append(name)
     solid = (ref.opacity > 0.5) & (fast.opacity > 0.5)
-    relative = (ref.depth[solid] - fast.depth[solid]).detach().abs() / ref.depth[solid].abs()
+    relative = ((ref.depth[solid] - fast.depth[solid]) / ref.depth[solid]).detach().abs()
     report["depth_rel_max"] = float(relative.max()) if relative.numel() else 0.0
     if not torch.allclose(ref.depth[solid], fast.depth[solid], rtol=1e-2):
         failures.append("depth")
