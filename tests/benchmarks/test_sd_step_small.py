@@ -34,7 +34,26 @@ def test_small_step_reports_positive_timings():
     assert set(result["split_ms"]) == PHASES
     assert all(ms > 0 for ms in result["split_ms"].values())
     assert result["ms_per_step"] > 0 and result["peak_mem_mb"] > 0
+    assert result["nonfinite_steps"] == 0
     assert "warning: the full-size" not in proc.stderr
+
+
+def test_a_non_finite_step_is_counted_and_not_taken(monkeypatch, capsys):
+    """A NaN update leaves the field as it was (the Run's rule), and the JSON says so."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("sd_step_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look it up
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "cfd_gradient", lambda *a, **k: torch.full_like(a[1], torch.nan))
+    taken = []
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: taken.append(1))
+    assert module.main(["--small", "--steps", "2", "--threads", "1", "--resolution", "16"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["nonfinite_steps"] == 3 and not taken  # the warm-up and two timed steps
 
 
 def test_a_resolution_the_latent_size_does_not_divide_is_one_line():
