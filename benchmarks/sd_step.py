@@ -76,6 +76,7 @@ from cfd3d.distill.timesteps import TimestepSchedule, timestep_fraction
 from cfd3d.errors import ConfigError, UserError
 from cfd3d.evaluation.render_cost import peak_memory_mb
 from cfd3d.generate.config import preset_config
+from cfd3d.generate.run import gradients_finite
 from cfd3d.noise import NoiseConfig, make_noise
 from cfd3d.priors.sd_random import Preset, build_random_components
 from cfd3d.priors.stable_diffusion import StableDiffusionConfig, StableDiffusionPrior, low_vram
@@ -289,12 +290,7 @@ def run(args: argparse.Namespace) -> int:
             if deferred is not None:
                 deferred.backward(image.grad)
         with timer("optimizer"):  # as the Run does: a non-finite step is not taken
-            finite = all(
-                bool(torch.isfinite(p.grad).all())
-                for group in optimiser.param_groups
-                for p in group["params"]
-                if p.grad is not None
-            )
+            finite = gradients_finite(optimiser)
             if finite:
                 optimiser.step()
             optimiser.zero_grad(set_to_none=True)

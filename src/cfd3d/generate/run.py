@@ -65,6 +65,17 @@ _OCCUPANCY_STREAM = 0x5EED_0002
 _DENSIFY_STREAM = 0x5EED_0004  # 0x5EED_0003: the update rules (cfd3d.distill.methods)
 
 
+def gradients_finite(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every gradient the optimiser would apply is finite (a step that is not is
+    skipped, not taken)."""
+    return all(
+        bool(torch.isfinite(p.grad).all())
+        for group in optimizer.param_groups
+        for p in group["params"]
+        if p.grad is not None
+    )
+
+
 @dataclass
 class StepResult:
     """What one step reports (a line of ``metrics.jsonl``)."""
@@ -318,12 +329,7 @@ class Run:
                 sparsity = torch.full_like(out.opacity, c.sparsity)
                 loss = loss + c.sparsity * out.opacity.sum()
             deferred.backward(image.grad, sparsity)
-        finite = math.isfinite(float(loss.detach())) and all(
-            bool(torch.isfinite(p.grad).all())
-            for group in self.optimizer.param_groups
-            for p in group["params"]
-            if p.grad is not None
-        )
+        finite = math.isfinite(float(loss.detach())) and gradients_finite(self.optimizer)
         if finite:
             self.optimizer.step()
             self.bad_steps = 0
