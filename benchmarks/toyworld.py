@@ -81,7 +81,10 @@ image: of each of a result's world views, and of each of ``--prior-samples`` DDI
 frequencies are the mean over its results of their views' class shares; ``mode_tv`` is
 their total-variation distance from the prior's. ``mode_tv_band``: the 5-95 % range of the
 same distance for a perfect sampler drawing as
-many results (each result one draw from the prior's frequencies).
+many results (each result one draw from the prior's frequencies). ``diversity`` (as for
+single prompts) comes with ``diversity_se``, its jackknife standard error over the seeds
+(:func:`diversity_se`), and ``diversity_underspecified_se`` that of the prompts' mean: a
+difference between two runs smaller than about twice it is within the seeds' noise.
 
 Every prompt, with the same probe (:mod:`cfd3d.evaluation.probe`), against
 ``--prior-samples`` samples of the prior for that prompt:
@@ -453,11 +456,12 @@ def markdown(
                 truth = d.get("hole_pixels_truth")
                 shown += "; hole pixels from above " + " / ".join(map(str, d["hole_pixels"]))
                 shown += "" if truth is None else f" (truth {truth})"
+            se = "" if d.get("diversity_se") is None else f" ± {fmt(d['diversity_se'])}"
             lines.append(
                 f"| {m} | {text} | {fmt(d['probe_fid'], 2)} | {fmt(d['probe_clip'])} | "
                 f"{fmt(d.get('mask_iou'))} | {fmt(d.get('mesh_iou'))} | "
                 f"{fmt(d.get('color_err'))} | "
-                f"{fmt(d['diversity'])} | {shown} |"
+                f"{fmt(d['diversity'])}{se} | {shown} |"
             )
     lines += composition_lines(result, methods)
     lines += [

@@ -10,6 +10,7 @@ from cfd3d.evaluation.toyworld.setting import EVAL_SIZE, HOLE_MIN_PIXELS
 from cfd3d.evaluation.toyworld.views import (
     WORLD_VIEWS,
     diversity,
+    diversity_se,
     face_by_view,
     hole_pixels,
     look,
@@ -42,6 +43,32 @@ def test_iou_colour_and_diversity_on_synthetic_views(flat_views):
     assert diversity([truth]) == 0.0
     assert diversity([truth, truth]) == 0.0
     assert diversity([truth, guess]) > 0.0
+
+
+def test_diversity_and_its_jackknife_error_against_a_direct_computation(flat_views):
+    gen = torch.Generator().manual_seed(0)
+    opacity = torch.ones(2, 8, 8)
+    views = [flat_views(opacity, torch.rand(3, generator=gen)) for _ in range(6)]
+
+    def direct(vs):  # every pair's RMS, averaged
+        d = [
+            float((a.albedo - b.albedo).square().mean().sqrt())
+            for i, a in enumerate(vs)
+            for b in vs[i + 1 :]
+        ]
+        return sum(d) / len(d)
+
+    assert diversity(views) == pytest.approx(direct(views))
+    left_out = np.array([direct(views[:i] + views[i + 1 :]) for i in range(6)])
+    expected = np.sqrt(5 / 6 * ((left_out - left_out.mean()) ** 2).sum())
+    assert diversity_se(views) == pytest.approx(expected)
+    assert diversity_se(views) > 0.0
+    assert diversity_se(views[:2]) is None  # no spread from one pair
+    assert diversity_se([views[0]] * 4) == 0.0  # identical results: no spread
+    # one result unlike the others makes the estimate depend on it: a larger error
+    outlier = views[:5] + [flat_views(opacity, torch.tensor([0.0, 0.0, 0.0]))]
+    alike = [flat_views(opacity, torch.full((3,), 0.5 + 0.01 * i)) for i in range(6)]
+    assert diversity_se(outlier) > diversity_se(alike)
 
 
 def test_world_views_are_drawn_like_the_worlds_images_and_fixed_by_the_seed(

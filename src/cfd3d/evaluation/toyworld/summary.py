@@ -29,7 +29,14 @@ from cfd3d.evaluation.toyworld.composition import judge_composition
 from cfd3d.evaluation.toyworld.jobs import Result
 from cfd3d.evaluation.toyworld.prompts import Composition
 from cfd3d.evaluation.toyworld.setting import HOLE_MIN_PIXELS
-from cfd3d.evaluation.toyworld.views import Views, diversity, hole_pixels, mask_iou, mean_color
+from cfd3d.evaluation.toyworld.views import (
+    Views,
+    diversity,
+    diversity_se,
+    hole_pixels,
+    mask_iou,
+    mean_color,
+)
 from cfd3d.scene.toy import COLORS
 
 
@@ -63,6 +70,18 @@ EMPTY_COLOR_ERR = 1.0
 
 def mean_or_none(values: list[float]) -> float | None:
     return round(float(np.mean(values)), 4) if values else None
+
+
+def round_or_none(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def mean_se(errors: list[float | None]) -> float | None:
+    """The standard error of the mean of independent estimates with standard ``errors``
+    (``None`` if any is unknown or there are none)."""
+    if not errors or any(e is None for e in errors):
+        return None
+    return round(float(np.sqrt(np.sum(np.square(errors)))) / len(errors), 4)
 
 
 def hole_rate(pixels: list[int]) -> float | None:
@@ -172,6 +191,7 @@ def underspecified_detail(
         "mode_tv": round(total_variation(freq, prior_freq), 4),
         "known_acc": round(float(np.mean(known_hits)), 4),
         "diversity": round(diversity([r.views for r in runs]), 4),
+        "diversity_se": round_or_none(diversity_se([r.views for r in runs])),
         "seeds": seeds,
         **hole_detail(runs),
     }
@@ -264,6 +284,7 @@ def summarise(
         "color_err": mean_or_none([s["color_err"] for s in seeds]),
         "diversity": mean_or_none([d["diversity"] for d in singles]),
         "diversity_underspecified": mean_or_none([d["diversity"] for d in unders.values()]),
+        "diversity_underspecified_se": mean_se([d["diversity_se"] for d in unders.values()]),
         "mode_tv": {t: d["mode_tv"] for t, d in unders.items()},
         "torus_hole_rate": hole_rate(holes),
         "torus_runs": len(holes),
