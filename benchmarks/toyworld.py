@@ -66,7 +66,9 @@ Compositions (``--compositions "a red cube on top of a blue sphere" ...``, defau
   the left seen from the front (-y).
 
 ``comp_right``: all five parts right; per method ``comp_acc`` (share of results right) and
-``comp_present_acc`` / ``comp_shape_acc`` (per object), ``comp_relation_acc``.
+``comp_present_acc`` / ``comp_shape_acc`` (per object), ``comp_relation_acc``;
+``comp_acc_se``, the binomial standard error of ``comp_acc`` (``sqrt(p (1 - p) / n)``: 0.18
+at 0.5 with the default 8 runs, so one run more or less right is within the noise).
 ``comp_judge_gt``: the same judge on the ground truth (each true pair rendered and sampled
 as a field the same way): what the judge can see, and ``relation_swapped``, how often it
 accepts the swapped relation ("B on top of A") there. Compositions have no probe FID or
@@ -340,10 +342,15 @@ def composition_lines(result: dict, methods: list[str]) -> list[str]:
             f"{text}: {d['comp_acc']:.2f}" for text, d in r["per_prompt"].items() if "comp_acc" in d
         )
         lines.append(
-            f"| {m} | {fmt(r['comp_acc'])} | {fmt(r['comp_present_acc'])} | "
+            f"| {m} | {fmt(r['comp_acc'])}{share_se_text(r.get('comp_acc_se'))} | "
+            f"{fmt(r['comp_present_acc'])} | "
             f"{fmt(r['comp_shape_acc'])} | {fmt(r['comp_relation_acc'])} | {shown} |"
         )
     return lines
+
+
+def share_se_text(se: float | None) -> str:
+    return "" if se is None else f" ± {fmt(se)}"
 
 
 def markdown(

@@ -13,7 +13,9 @@ from cfd3d.evaluation.toyworld.summary import (
     EMPTY_COLOR_ERR,
     frequencies,
     hole_detail,
+    mean_se,
     sampler_tv_band,
+    share_se,
     single_detail,
     total_variation,
 )
@@ -71,3 +73,12 @@ def test_total_variation_and_majority():
     assert total_variation(p, p) == 0.0
     assert total_variation(p, torch.tensor([0.0, 0.0, 0.0, 1.0]).double()) == 1.0
     assert majority(torch.tensor([2, 1, 2, 1, 0]), 3) == 1  # a tie goes to the smaller
+
+
+def test_standard_errors_of_a_share_and_of_a_mean_of_estimates():
+    assert share_se([True, False] * 4) == pytest.approx(0.1768, abs=1e-4)  # sqrt(.25 / 8)
+    assert share_se([True] * 8) == 0.0 and share_se([]) is None
+    assert share_se([True] * 3 + [False]) == pytest.approx((0.75 * 0.25 / 4) ** 0.5, abs=1e-4)
+    # two independent estimates: the mean's error is sqrt(a^2 + b^2) / 2
+    assert mean_se([0.03, 0.04]) == pytest.approx(0.025)
+    assert mean_se([0.03, None]) is None and mean_se([]) is None

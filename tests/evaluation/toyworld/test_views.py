@@ -66,7 +66,7 @@ def test_diversity_and_its_jackknife_error_against_a_direct_computation(flat_vie
     assert diversity_se(views[:2]) is None  # no spread from one pair
     assert diversity_se([views[0]] * 4) == 0.0  # identical results: no spread
     # one result unlike the others makes the estimate depend on it: a larger error
-    outlier = views[:5] + [flat_views(opacity, torch.tensor([0.0, 0.0, 0.0]))]
+    outlier = [*views[:5], flat_views(opacity, torch.tensor([0.0, 0.0, 0.0]))]
     alike = [flat_views(opacity, torch.full((3,), 0.5 + 0.01 * i)) for i in range(6)]
     assert diversity_se(outlier) > diversity_se(alike)
 

@@ -84,6 +84,15 @@ def mean_se(errors: list[float | None]) -> float | None:
     return round(float(np.sqrt(np.sum(np.square(errors)))) / len(errors), 4)
 
 
+def share_se(outcomes: list[bool]) -> float | None:
+    """The binomial standard error ``sqrt(p (1 - p) / n)`` of the share ``p`` of ``outcomes``
+    that are true (``None`` for none)."""
+    if not outcomes:
+        return None
+    p = float(np.mean(outcomes))
+    return round(float(np.sqrt(p * (1.0 - p) / len(outcomes))), 4)
+
+
 def hole_rate(pixels: list[int]) -> float | None:
     """The share of ``pixels`` (:func:`hole_pixels` of results) that count as a hole."""
     return mean_or_none([float(p >= HOLE_MIN_PIXELS) for p in pixels])
@@ -289,6 +298,7 @@ def summarise(
         "torus_hole_rate": hole_rate(holes),
         "torus_runs": len(holes),
         "comp_acc": mean_or_none([float(s["comp_right"]) for s in comp_seeds]),
+        "comp_acc_se": share_se([bool(s["comp_right"]) for s in comp_seeds]),
         "comp_present_acc": mean_or_none([float(v) for s in comp_seeds for v in s["present"]]),
         "comp_shape_acc": mean_or_none([float(v) for s in comp_seeds for v in s["shape"]]),
         "comp_relation_acc": mean_or_none([float(s["relation"]) for s in comp_seeds]),
