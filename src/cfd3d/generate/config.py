@@ -415,17 +415,11 @@ def _world_cameras() -> CameraSamplerConfig:
 def _cpu_demo(prompt: str) -> GenerateConfig:
     """Embedded prior on a CPU: a 48³ voxel grid rendered at 32², two views per step.
 
-    The field starts as a soft ball of radius 0.5 (raw density falling linearly from the
-    centre to 0 there), large enough to hold the toy world's objects whole: their
-    bounding radii reach 0.47, and a pair's outer corners (a cube on top of a sphere, two
-    objects side by side) 0.49-0.51. From a ball of radius 0.4, as until session 20,
-    those corners had to grow from empty space while the rest was carved, and came out
-    rounded: the composition judge read the sphere under a cube as a cylinder more often
-    (compositions right on tuning seeds 10-11: 5 of 8 from 0.4, 6 of 8 from 0.5, the
-    single objects' mesh IoU 0.836 and 0.841). 0.4 was chosen for an earlier prior
-    whose cameras' field of view varied, so that it kept much of the size it started
-    from; the shipped prior's world has one field of view and pins size itself.
-    From 30 % of the run the density is scaled up linearly to
+    The field starts as a soft ball of radius about 0.4, the size of the toy world's
+    objects (their equal-volume radii span 0.27-0.38, their bounding radii 0.37-0.47)
+    rather than the default 0.5: the cameras' field of view varies, so the prior pins an
+    object's absolute size only weakly, and CFD, which follows one trajectory, keeps much
+    of the size it starts from. From 30 % of the run the density is scaled up linearly to
     8 times (``density_scale``): distillation alone leaves a semi-transparent haze (density
     5-10 per unit) whose rendered silhouettes match the object while its mesh is half
     again as large; made opaque, the haze is seen and kept only where it belongs (chosen
@@ -451,7 +445,7 @@ def _cpu_demo(prompt: str) -> GenerateConfig:
         prompt=prompt,
         preset="cpu-demo",
         cameras=_world_cameras(),
-        voxel=VoxelGridConfig(blob_radius=0.5, lr_density=0.2, blob_density=5.0),
+        voxel=VoxelGridConfig(blob_radius=0.4, lr_density=0.2, blob_density=5.0),
         density_scale=((0.3, 1.0), (1.0, 8.0)),
         mesh_faces=10000,
         texture_size=512,
