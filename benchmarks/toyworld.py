@@ -342,14 +342,15 @@ def composition_lines(result: dict, methods: list[str]) -> list[str]:
             f"{text}: {d['comp_acc']:.2f}" for text, d in r["per_prompt"].items() if "comp_acc" in d
         )
         lines.append(
-            f"| {m} | {fmt(r['comp_acc'])}{share_se_text(r.get('comp_acc_se'))} | "
+            f"| {m} | {fmt(r['comp_acc'])}{se_text(r.get('comp_acc_se'))} | "
             f"{fmt(r['comp_present_acc'])} | "
             f"{fmt(r['comp_shape_acc'])} | {fmt(r['comp_relation_acc'])} | {shown} |"
         )
     return lines
 
 
-def share_se_text(se: float | None) -> str:
+def se_text(se: float | None) -> str:
+    """`` ± se`` after a figure, nothing when its standard error is unknown."""
     return "" if se is None else f" ± {fmt(se)}"
 
 
@@ -463,12 +464,11 @@ def markdown(
                 truth = d.get("hole_pixels_truth")
                 shown += "; hole pixels from above " + " / ".join(map(str, d["hole_pixels"]))
                 shown += "" if truth is None else f" (truth {truth})"
-            se = "" if d.get("diversity_se") is None else f" ± {fmt(d['diversity_se'])}"
             lines.append(
                 f"| {m} | {text} | {fmt(d['probe_fid'], 2)} | {fmt(d['probe_clip'])} | "
                 f"{fmt(d.get('mask_iou'))} | {fmt(d.get('mesh_iou'))} | "
                 f"{fmt(d.get('color_err'))} | "
-                f"{fmt(d['diversity'])}{se} | {shown} |"
+                f"{fmt(d['diversity'])}{se_text(d.get('diversity_se'))} | {shown} |"
             )
     lines += composition_lines(result, methods)
     lines += [
