@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from cfd3d.distill.timesteps import TimestepSchedule
 from cfd3d.evaluation.toyworld.composition import Composed
 from cfd3d.evaluation.toyworld.jobs import (
     ABLATIONS,
@@ -40,6 +41,17 @@ def test_ablation_rows_are_cfd_with_another_noise():
         cfd = method_config(base, "cfd", 7, 3)
         assert config.timesteps == cfd.timesteps and config.weighting == cfd.weighting
     assert method_config(base, "cfd", 7, 3).noise.kind == "integral"
+
+
+def test_a_presets_own_schedule_reaches_its_method_and_no_other():
+    schedule = TimestepSchedule(kind="annealed", knots=((0.0, 0.9), (1.0, 0.1)))
+    base = replace(preset_config(PRESET, "a red cube"), timesteps=schedule, weighting="unit")
+    cfd, fixed, sds = (method_config(base, m, 7, 3) for m in ("cfd", "cfd-fixed", "sds"))
+    assert cfd.timesteps == fixed.timesteps == schedule
+    assert cfd.weighting == fixed.weighting == "unit"
+    default = method_config(preset_config(PRESET, "a red cube"), "sds", 7, 3)
+    assert sds.timesteps == default.timesteps != schedule
+    assert sds.weighting == default.weighting != "unit"
 
 
 def test_a_job_can_distil_from_another_priors_cameras():

@@ -83,12 +83,21 @@ class Result:
 
 def method_config(base: GenerateConfig, method: str, seed: int, steps: int) -> GenerateConfig:
     """``base`` for ``method``: its noise source, timesteps and ``w(t)``; an ablation row
-    (:data:`ABLATIONS`) is CFD with the row's noise source."""
+    (:data:`ABLATIONS`) is CFD with the row's noise source. A timestep schedule or
+    weighting that ``base`` sets is kept for ``base``'s own method (a preset tuned with
+    them is benchmarked with them); every other method gets its defaults."""
     noise = None
     if method in ABLATIONS:
         method, noise = "cfd", NoiseConfig(kind=ABLATIONS[method], seed=seed)  # type: ignore[arg-type]
+    own = method == base.method
     return replace(
-        base, method=method, seed=seed, steps=steps, noise=noise, timesteps=None, weighting=None
+        base,
+        method=method,
+        seed=seed,
+        steps=steps,
+        noise=noise,
+        timesteps=base.timesteps if own else None,
+        weighting=base.weighting if own else None,
     ).resolved()
 
 
