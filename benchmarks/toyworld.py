@@ -172,11 +172,12 @@ from cfd3d.evaluation.toyworld.classifier import (
     PROBE_SHAPES,
     class_names,
     classify_missing,
-    majority,
+    missing_probabilities,
     probe_accuracy,
     probe_data,
     quantise,
     train_probe,
+    vote,
 )
 from cfd3d.evaluation.toyworld.composition import (
     CROP_SEED,
@@ -689,9 +690,8 @@ def run(args: argparse.Namespace) -> int:
             verdict = f"mask IoU {mask_iou(result.views, truths[prompt.text]):.3f}"
             verdict += f", mesh IoU {result.mesh_iou:.3f} (as placed {result.mesh_iou_placed:.3f})"
         else:
-            label = classify_missing(probe, result.views.world, prompt.missing)
-            names = class_names(prompt.missing)
-            verdict = f"{prompt.missing} {names[majority(label, len(names))]}"
+            label = vote(missing_probabilities(probe, result.views.world, prompt.missing))
+            verdict = f"{prompt.missing} {class_names(prompt.missing)[label]}"
         if isinstance(prompt, Prompt) and prompt.shape == "torus":
             verdict += f", hole pixels from above {hole_pixels(result.views.overhead)}"
         print(

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cfd3d.evaluation.probe import probe_probabilities
 from cfd3d.priors.embedded.world import BASIC_SHAPES, Item, WorldConfig, render_world
 from cfd3d.scene.toy import COLORS
 
@@ -109,7 +110,19 @@ def augment(images: torch.Tensor, gen: torch.Generator, shift: int = 3) -> torch
 
 
 def train_probe(data: LabelledImages, epochs: int, seed: int, batch: int = 64) -> Probe:
-    """Adam on the sum of both heads' cross-entropies, cosine learning rate."""
+    """Adam on the sum of both heads' cross-entropies, cosine learning rate; on one thread
+    whatever the caller's (the caller's count is restored), so that a benchmark's
+    ``--threads`` does not change the probe: trained on two threads, the composition
+    judge's probe read one distilled sphere in 3 of 8 views as a sphere, on one 4 of 8."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_probe(data, epochs, seed, batch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_probe(data: LabelledImages, epochs: int, seed: int, batch: int) -> Probe:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     probe = Probe()
@@ -170,6 +183,29 @@ def classify_missing(probe: torch.nn.Module, images: torch.Tensor, missing: str)
     return color if missing == "color" else shape
 
 
-def majority(labels: torch.Tensor, n_classes: int) -> int:
-    """The most frequent label (the smallest index on a tie)."""
-    return int(torch.bincount(labels, minlength=n_classes).argmax())
+def missing_probabilities(probe: torch.nn.Module, images: torch.Tensor, missing: str):
+    """``(N, classes)`` probabilities of the missing attribute for ``(N, 3, 32, 32)`` images."""
+    color, shape = probe_probabilities(probe, images)
+    return color if missing == "color" else shape
+
+
+def majority(labels: torch.Tensor, n_classes: int, scores: torch.Tensor | None = None) -> int:
+    """The most frequent label. A tie goes to the tied class with the larger sum of
+    ``scores`` (``(N, n_classes)``, e.g. the probe's probabilities for the same images)
+    over the images, and without scores (or on a tie of those too) to the smallest index.
+
+    Breaking ties by class order would favour the first shapes (a sphere over a cylinder
+    when four of eight views say each), and those are the shapes most compositions ask for.
+    """
+    counts = torch.bincount(labels, minlength=n_classes)
+    tied = counts == counts.max()
+    if scores is None or int(tied.sum()) == 1:
+        return int(tied.nonzero()[0])
+    total = scores.double().sum(dim=0).masked_fill(~tied, float("-inf"))
+    return int(total.argmax())
+
+
+def vote(probabilities: torch.Tensor) -> int:
+    """The class named by most of ``(N, classes)`` probabilities' argmaxes, ties broken by
+    the summed probabilities (:func:`majority`)."""
+    return majority(probabilities.argmax(-1), probabilities.shape[-1], probabilities)

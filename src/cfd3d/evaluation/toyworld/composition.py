@@ -15,15 +15,15 @@ import torch
 from torch.nn import functional as F
 
 from cfd3d.errors import ConfigError
+from cfd3d.evaluation.probe import probe_probabilities
 from cfd3d.evaluation.toyworld.classifier import (
     COLOR_NAMES,
     PROBE_SHAPES,
     PROBE_SIZE,
     LabelledImages,
     Probe,
-    classify,
-    majority,
     train_probe,
+    vote,
 )
 from cfd3d.evaluation.toyworld.judges import (
     FOREGROUND,
@@ -255,8 +255,8 @@ def judge_composition(composed: Composed, composition: Composition, probe: torch
             shape.append(False)
             seen.append(None)
             continue
-        _, labels = classify(probe, composed.crops[k][visible[k]])
-        name = PROBE_SHAPES[majority(labels, len(PROBE_SHAPES))]
+        _, shapes = probe_probabilities(probe, composed.crops[k][visible[k]])
+        name = PROBE_SHAPES[vote(shapes)]
         seen.append(name)
         shape.append(present[k] and name == composition.shapes[k])
     relation = relation_holds(composed.centroids, composition.relation)

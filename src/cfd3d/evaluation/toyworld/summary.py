@@ -23,7 +23,8 @@ from cfd3d.evaluation.toyworld.classifier import (
     PROBE_SHAPES,
     class_names,
     classify,
-    majority,
+    missing_probabilities,
+    vote,
 )
 from cfd3d.evaluation.toyworld.composition import judge_composition
 from cfd3d.evaluation.toyworld.jobs import Result
@@ -186,7 +187,7 @@ def underspecified_detail(
         color, shape = classify(probe, r.views.world)
         votes, known_votes = (color, shape) if missing == "color" else (shape, color)
         shares.append(frequencies(votes, len(names)))
-        labels.append(majority(votes, len(names)))
+        labels.append(vote(missing_probabilities(probe, r.views.world, missing)))
         known_hits.append(float((known_votes == known_index).double().mean()))
         seeds.append({"seed": r.seed, missing: names[labels[-1]]})
     freq = torch.stack(shares).mean(dim=0)
