@@ -2,8 +2,13 @@
 
 import torch
 
-from cfd3d.evaluation.toyworld.classifier import PROBE_SIZE
-from cfd3d.evaluation.toyworld.composition import crop_data, relation_holds
+from cfd3d.evaluation.toyworld.classifier import COLOR_NAMES, PROBE_SHAPES, PROBE_SIZE
+from cfd3d.evaluation.toyworld.composition import (
+    Composed,
+    crop_data,
+    judge_composition,
+    relation_holds,
+)
 from cfd3d.evaluation.toyworld.judges import FOREGROUND, MIN_PIXELS, segment
 from cfd3d.evaluation.toyworld.prompts import COMPOSITIONS, parse_composition
 from cfd3d.evaluation.toyworld.setting import HEADLIGHT, evaluation_cameras
@@ -63,3 +68,37 @@ def test_crop_data_labels_each_crop_with_the_object_it_shows():
     again = crop_data(6, seed=3, size=32)
     assert torch.equal(again.images, data.images) and torch.equal(again.shape, data.shape)
     assert not torch.equal(crop_data(6, seed=4, size=32).images, data.images)
+
+
+class _ReadsTheMarker(torch.nn.Module):
+    """A stand-in probe whose shape logits are the crop's top-left pixel's three channels
+    scattered onto sphere, cube and cylinder (the colour head always says red)."""
+
+    def forward(self, images):
+        shape = torch.full((images.shape[0], len(PROBE_SHAPES)), -20.0)
+        shape[:, :3] = images[:, :, 0, 0] * 10.0
+        color = torch.zeros(images.shape[0], len(COLOR_NAMES))
+        color[:, COLOR_NAMES.index("red")] = 1.0
+        return color, shape
+
+
+def test_the_judge_breaks_a_tie_of_views_by_the_probes_probabilities():
+    c = parse_composition("a red cube on top of a blue sphere")
+    views = 4
+    crops = torch.zeros(2, views, 3, PROBE_SIZE, PROBE_SIZE)
+    crops[0, :, 1, 0, 0] = 1.0  # the cube: read as a cube in every view
+    # the sphere: two views barely sphere, two clearly cylinder, a tie of votes
+    crops[1, :2, :, 0, 0] = torch.tensor([0.52, 0.0, 0.5])
+    crops[1, 2:, :, 0, 0] = torch.tensor([0.0, 0.0, 1.0])
+    composed = Composed(
+        pixels=torch.full((2, views), 100),
+        crops=crops,
+        centroids=torch.tensor([[0.0, 0.0, 0.3], [0.0, 0.0, -0.1]]),
+    )
+    verdict = judge_composition(composed, c, _ReadsTheMarker())
+    assert verdict["shapes_seen"] == ["cube", "cylinder"]  # not the first class, sphere
+    assert verdict["shape"] == [True, False] and not verdict["comp_right"]
+    # clearly sphere in two views, barely cylinder in two: the tie goes the other way
+    crops[1, :2, :, 0, 0] = torch.tensor([0.6, 0.0, 0.5])
+    crops[1, 2:, :, 0, 0] = torch.tensor([0.5, 0.0, 0.51])
+    assert judge_composition(composed, c, _ReadsTheMarker())["shapes_seen"][1] == "sphere"
