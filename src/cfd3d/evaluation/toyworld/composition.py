@@ -246,7 +246,8 @@ def train_crop_probe(
 def judge_composition(composed: Composed, composition: Composition, probe: torch.nn.Module) -> dict:
     """The verdict on one composition result (or its truth): ``present`` and ``shape``
     per object, ``relation``, ``relation_swapped`` (would the swapped relation hold?),
-    ``comp_right`` (everything right) and ``shapes_seen`` (the probe's majority per object)."""
+    ``comp_right`` (everything right) and ``shapes_seen`` (the probe's majority per object
+    over the visible views, a tie to the likelier shape: :func:`vote`)."""
     visible = composed.pixels >= MIN_PIXELS  # (2, V)
     present = [bool(v.sum() * 2 >= v.numel()) for v in visible]
     shape, seen = [], []
