@@ -179,11 +179,12 @@ def class_names(missing: str) -> tuple[str, ...]:
 
 def classify_missing(probe: torch.nn.Module, images: torch.Tensor, missing: str) -> torch.Tensor:
     """``(N,)`` class index of the missing attribute for ``(N, 3, 32, 32)`` images."""
-    color, shape = classify(probe, images)
-    return color if missing == "color" else shape
+    return missing_probabilities(probe, images, missing).argmax(-1)
 
 
-def missing_probabilities(probe: torch.nn.Module, images: torch.Tensor, missing: str):
+def missing_probabilities(
+    probe: torch.nn.Module, images: torch.Tensor, missing: str
+) -> torch.Tensor:
     """``(N, classes)`` probabilities of the missing attribute for ``(N, 3, 32, 32)`` images."""
     color, shape = probe_probabilities(probe, images)
     return color if missing == "color" else shape

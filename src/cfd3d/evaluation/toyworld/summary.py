@@ -22,8 +22,6 @@ from cfd3d.evaluation.toyworld.classifier import (
     COLOR_NAMES,
     PROBE_SHAPES,
     class_names,
-    classify,
-    missing_probabilities,
     vote,
 )
 from cfd3d.evaluation.toyworld.composition import judge_composition
@@ -184,10 +182,13 @@ def underspecified_detail(
     known_index = known_names.index(prompt.shape if known == "shape" else prompt.color)
     shares, labels, known_hits, seeds = [], [], [], []
     for r in runs:
-        color, shape = classify(probe, r.views.world)
-        votes, known_votes = (color, shape) if missing == "color" else (shape, color)
-        shares.append(frequencies(votes, len(names)))
-        labels.append(vote(missing_probabilities(probe, r.views.world, missing)))
+        color, shape = probe_probabilities(probe, r.views.world)
+        probabilities, known_probabilities = (
+            (color, shape) if missing == "color" else (shape, color)
+        )
+        shares.append(frequencies(probabilities.argmax(-1), len(names)))
+        labels.append(vote(probabilities))
+        known_votes = known_probabilities.argmax(-1)
         known_hits.append(float((known_votes == known_index).double().mean()))
         seeds.append({"seed": r.seed, missing: names[labels[-1]]})
     freq = torch.stack(shares).mean(dim=0)
