@@ -83,6 +83,7 @@ from cfd3d.errors import UserError
 from cfd3d.evaluation.toyworld.classifier import (
     PROBE_IMAGES,
     PROBE_SEED,
+    at_probe_size,
     probe_accuracy,
     probe_data,
     quantise,
@@ -148,8 +149,6 @@ def run(args: argparse.Namespace) -> int:
         prior = EmbeddedPrior.load(path)
         result["weights"] = str(path)
         result["weights_mb"] = round(path.stat().st_size / 1e6, 2)
-    if prior.input_shape != (3, 32, 32):
-        raise UserError(f"the benchmark judges 32x32 priors; this one draws {prior.input_shape}")
     world = prior.world
     result["world"] = asdict(world)
 
@@ -207,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
 
         def draw(prompt: str, seed: int = args.seed * 1000 + 500 + index) -> torch.Tensor:
             images = sample_images(prior, prompt, rel_samples, args.guidance, steps, seed)
-            return quantise(images)
+            return quantise(at_probe_size(images))
 
         hit = judge_relation(draw(relation_prompt(spec, world)), ca, relation, cb)
         hits.append(hit)
@@ -242,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
                 steps,
                 args.seed * 1000 + 700 + 2 * index + (side == "back"),
             )
-            share = face_share(quantise(images), color, world.face_rgb)
+            share = face_share(quantise(at_probe_size(images)), color, world.face_rgb)
             hits.append(share >= FACE_SHARE if side == "front" else share < FACE_SHARE)
     judge_gt = []
     for index, color in enumerate(face_colors):

@@ -4,13 +4,16 @@ import pytest
 import torch
 
 from cfd3d.evaluation.toyworld.classifier import (
+    PROBE_SIZE,
     Probe,
+    at_probe_size,
     majority,
     probe_accuracy,
     probe_data,
     train_probe,
     vote,
 )
+from cfd3d.evaluation.toyworld.judges import render_heads, render_pairs
 from cfd3d.priors.embedded.world import WorldConfig
 
 WORLD = WorldConfig()
@@ -22,6 +25,28 @@ def test_probe_learns_colours_from_a_few_renders():
     probe = train_probe(data, epochs=12, seed=0, batch=16)
     color_acc, _ = probe_accuracy(probe, data)
     assert color_acc >= 0.8
+
+
+def test_the_judges_work_at_the_probes_size_for_a_prior_of_any_resolution():
+    """A 64² prior is judged as a 32² one: the probe's data and the judges' ground truth
+    are rendered at the probe's size, and larger images (the prior's samples) are
+    area-averaged to it before the probe or a pixel-counting judge sees them."""
+    large = WorldConfig(image_size=64)
+    assert probe_data(4, seed=7, world=large).images.shape == (4, 3, PROBE_SIZE, PROBE_SIZE)
+    torch.testing.assert_close(
+        probe_data(4, seed=7, world=large).images, probe_data(4, seed=7, world=WORLD).images
+    )
+    front, _ = render_heads(("red",), views=1, seed=5, world=large)
+    spec = (("red", "cube", "on", "blue", "sphere"),)
+    assert front.shape[-1] == render_pairs(spec, views=1, seed=5, world=large).shape[-1] == 32
+    images = torch.rand(3, 3, 64, 64)
+    small = at_probe_size(images)
+    torch.testing.assert_close(small, torch.nn.functional.avg_pool2d(images, 2))
+    assert at_probe_size(small) is small
+    probe = Probe().eval()
+    with torch.no_grad():
+        for got, expected in zip(probe(images), probe(small), strict=True):
+            torch.testing.assert_close(got, expected)
 
 
 def test_the_probe_trains_on_one_thread_whatever_the_callers_count():

@@ -7,12 +7,13 @@ import pytest
 import torch
 from safetensors import safe_open
 from torch import nn
+from torch.nn import functional as F
 
 from cfd3d.errors import UserError
 from cfd3d.priors.embedded.prior import EmbeddedPrior
 from cfd3d.priors.embedded.tokenizer import WordTokenizer
 from cfd3d.priors.embedded.training import TrainConfig, learning_rate, train
-from cfd3d.priors.embedded.unet import TextEncoder, TinyUNet, UNetConfig
+from cfd3d.priors.embedded.unet import TextEncoder, TinyUNet, UNetConfig, refold
 from cfd3d.priors.embedded.weights import CHECKSUM_NAME, load_weights, write_weights
 
 WORDS = ("a", "red", "blue", "cube", "sphere", "on", "top", "of", ",", "front", "view")
@@ -165,6 +166,36 @@ def test_without_pooled_text_the_words_reach_the_pixels_through_attention_only(t
     loaded = EmbeddedPrior.load(path).model
     assert loaded.config.pooled_text is False
     assert torch.allclose(loaded(x, t, ids), model(x, t, ids), atol=1e-2)
+
+
+def test_a_refolded_unet_at_twice_the_size_is_the_old_one_on_the_area_average():
+    """``refold``: the new UNet on an image is the old one on its 2x2 area average,
+    upsampled (nearest); with the zero-initialised output replaced by a random one so the
+    test sees the unfold too. Configs that differ otherwise are refused."""
+    torch.manual_seed(0)
+    small = UNetConfig(image_size=16, patch=2, channels=(16, 32), text_width=32, groups=4)
+    small = replace(small, attention_levels=(1,), text_positions_std=1.0)
+    old = TinyUNet(small).eval()
+    nn.init.normal_(old.out[-2].weight, std=0.1)
+    nn.init.normal_(old.out[-2].bias, std=0.1)
+    new = refold(old, replace(small, image_size=32, patch=4)).eval()
+    x = torch.randn(3, 3, 32, 32)
+    t, ids = torch.tensor([5, 400, 900]), torch.randint(1, 20, (3, 16))
+    with torch.no_grad():
+        expected = F.interpolate(old(F.avg_pool2d(x, 2), t, ids), scale_factor=2)
+        got = new(x, t, ids)
+    assert expected.abs().mean() > 0.1
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    for bad in (
+        replace(small, image_size=32, patch=2),  # another token grid
+        replace(small, image_size=48, patch=6),  # fine, 3x
+        replace(small, image_size=32, patch=4, channels=(16, 64)),
+    ):
+        if bad.patch == 6:
+            assert refold(old, bad).config == bad
+            continue
+        with pytest.raises(ValueError, match="refold"):
+            refold(old, bad)
 
 
 def test_weights_round_trip_and_checksum(tmp_path):

@@ -62,8 +62,9 @@ class Probe(nn.Module):
         self.shape = nn.Linear(64, len(PROBE_SHAPES))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, 10)`` colour and ``(B, 6)`` shape logits."""
-        h = self.features(images * 2.0 - 1.0)
+        """``(B, 10)`` colour and ``(B, 6)`` shape logits; images of another size than
+        :data:`PROBE_SIZE` (a prior's samples at 64²) are area-resized to it first."""
+        h = self.features(at_probe_size(images) * 2.0 - 1.0)
         return self.color(h), self.shape(h)
 
 
@@ -90,8 +91,11 @@ def probe_labels(items: list[Item]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def probe_data(n: int, seed: int, world: WorldConfig) -> LabelledImages:
-    """``n`` ground-truth renders of single basic shapes from ``world``."""
-    images, items = render_world(replace(world, p_head=0.0, p_pair=0.0), n, seed)
+    """``n`` ground-truth renders of single basic shapes from ``world``, at the probe's
+    :data:`PROBE_SIZE` whatever the world's image size (the judge is the same for a prior
+    of any resolution)."""
+    singles = replace(world, p_head=0.0, p_pair=0.0, image_size=PROBE_SIZE)
+    images, items = render_world(singles, n, seed)
     color, shape = probe_labels(items)
     return LabelledImages(images.float() / 255.0, color, shape)
 
@@ -169,6 +173,15 @@ def probe_accuracy(probe: Probe, data: LabelledImages) -> tuple[float, float]:
 def quantise(images: torch.Tensor) -> torch.Tensor:
     """Round [0, 1] images to 8 bits, as a saved sample would be."""
     return (images.clamp(0, 1) * 255).round() / 255.0
+
+
+def at_probe_size(images: torch.Tensor) -> torch.Tensor:
+    """``(N, 3, S, S)`` images area-resized to :data:`PROBE_SIZE` (unchanged at that size):
+    the judges of colours, relations and faces count pixels at the probe's size, so a
+    prior's samples at a higher resolution are judged as its 32² renders would be."""
+    if images.shape[-2:] == (PROBE_SIZE, PROBE_SIZE):
+        return images
+    return F.interpolate(images, size=(PROBE_SIZE, PROBE_SIZE), mode="area")
 
 
 def class_names(missing: str) -> tuple[str, ...]:

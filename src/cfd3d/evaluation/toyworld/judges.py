@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import torch
 
-from cfd3d.evaluation.toyworld.classifier import COLOR_NAMES, quantise
+from cfd3d.evaluation.toyworld.classifier import COLOR_NAMES, PROBE_SIZE, quantise
 from cfd3d.priors.embedded.world import WORLD_SHADING, WorldConfig
 from cfd3d.render.volume import RendererConfig, VolumeRenderer
 from cfd3d.scene.sampling import CameraSamplerConfig, ViewLabelConfig, sample_cameras
@@ -171,7 +171,8 @@ def render_heads(
     colors: tuple[str, ...], views: int, seed: int, world: WorldConfig
 ) -> tuple[torch.Tensor, ...]:
     """Ground-truth renders in [0, 1] of a head of each colour with ``world``'s face, lit
-    like its images (its share in flat albedo): ``(len(colors) * views, 3, S, S)`` from its
+    like its images (its share in flat albedo): ``(len(colors) * views, 3, 32, 32)`` (the
+    probe's size, :data:`PROBE_SIZE`, whatever the world's) from its
     front-view cameras and as many from its back-view ones, grouped by colour."""
     renderer = VolumeRenderer(RendererConfig(n_samples=world.n_samples, shading=WORLD_SHADING))
     gen = torch.Generator().manual_seed(seed)
@@ -185,8 +186,8 @@ def render_heads(
                     rgb = renderer(
                         single(color, "head", world.face_rgb),
                         camera[i : i + 1],
-                        world.image_size,
-                        world.image_size,
+                        PROBE_SIZE,
+                        PROBE_SIZE,
                         shading="albedo" if albedo else "diffuse",
                         generator=gen,
                     ).rgb
@@ -197,12 +198,13 @@ def render_heads(
 def render_pairs(
     specs: tuple[tuple[str, str, str, str, str], ...], views: int, seed: int, world: WorldConfig
 ) -> torch.Tensor:
-    """``(len(specs) * views, 3, S, S)`` ground-truth renders in [0, 1] of each pair, from
+    """``(len(specs) * views, 3, 32, 32)`` ground-truth renders in [0, 1] of each pair (at
+    :data:`PROBE_SIZE`, whatever the world's image size), from
     ``world``'s cameras (its front-view ones where the prompt names the front view, see
     :func:`names_front`), lit like its images (its share in flat albedo), grouped by spec."""
     renderer = VolumeRenderer(RendererConfig(n_samples=world.n_samples, shading=WORLD_SHADING))
     gen = torch.Generator().manual_seed(seed)
-    size = world.image_size
+    size = PROBE_SIZE
     out = []
     for spec in specs:
         cameras = sector_cameras(world, "front") if names_front(spec, world) else world.cameras

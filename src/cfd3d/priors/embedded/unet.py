@@ -253,3 +253,44 @@ class TinyUNet(nn.Module):
                 h = self.up_attn[str(level)](h, tokens, pad)
             h = self.upsample[i](h)
         return self.out(h)
+
+
+def refold(model: TinyUNet, config: UNetConfig) -> TinyUNet:
+    """A UNet of ``config`` that starts as ``model`` at a resolution ``k`` times larger.
+
+    ``config`` may differ from ``model.config`` only in ``image_size`` and ``patch``, both
+    ``k`` times larger (an integer), so both UNets run on the same grid of tokens and
+    every layer but the patch fold and unfold is copied. Those two are spread over the
+    larger patches: the new UNet applied to an image is the old one applied to its
+    ``k x k`` area average, its output upsampled ``k``-fold (nearest). A start for
+    training a prior at a higher resolution from one at a lower: what the old one knows
+    about shapes, colours and words is kept, and the new one learns the finer pixels.
+
+    Raises:
+        ValueError: the configs differ in anything else, or not by an integer factor.
+    """
+    old = model.config
+    k, rem = divmod(config.patch, old.patch)
+    same_rest = {**old.__dict__, "image_size": 0, "patch": 0} == {
+        **config.__dict__,
+        "image_size": 0,
+        "patch": 0,
+    }
+    if rem or k < 1 or config.image_size != k * old.image_size or not same_rest:
+        raise ValueError(
+            f"cannot refold a UNet of image_size {old.image_size} and patch {old.patch} into "
+            f"image_size {config.image_size} and patch {config.patch}: both must grow by the "
+            "same integer factor, and nothing else may differ"
+        )
+    new = TinyUNet(config)
+    state = model.state_dict()
+    # channel c*p*p + i*p + j of a fold of patch p is pixel (i, j) of colour c in a patch
+    p, q = config.patch, old.patch
+    colour, i, j = torch.meshgrid(torch.arange(3), torch.arange(p), torch.arange(p), indexing="ij")
+    source = (colour * q * q + (i // k) * q + j // k).flatten()
+    stem, out = "stem.1.", f"out.{len(new.out) - 2}."
+    state[stem + "weight"] = state[stem + "weight"][:, source] / (k * k)
+    state[out + "weight"] = state[out + "weight"][source]
+    state[out + "bias"] = state[out + "bias"][source]
+    new.load_state_dict(state)
+    return new
