@@ -7,13 +7,12 @@ import pytest
 import torch
 from safetensors import safe_open
 from torch import nn
-from torch.nn import functional as F
 
 from cfd3d.errors import UserError
 from cfd3d.priors.embedded.prior import EmbeddedPrior
 from cfd3d.priors.embedded.tokenizer import WordTokenizer
 from cfd3d.priors.embedded.training import TrainConfig, learning_rate, train
-from cfd3d.priors.embedded.unet import TextEncoder, TinyUNet, UNetConfig, refold
+from cfd3d.priors.embedded.unet import TextEncoder, TinyUNet, UNetConfig, grow, grown
 from cfd3d.priors.embedded.weights import CHECKSUM_NAME, load_weights, write_weights
 
 WORDS = ("a", "red", "blue", "cube", "sphere", "on", "top", "of", ",", "front", "view")
@@ -168,34 +167,38 @@ def test_without_pooled_text_the_words_reach_the_pixels_through_attention_only(t
     assert torch.allclose(loaded(x, t, ids), model(x, t, ids), atol=1e-2)
 
 
-def test_a_refolded_unet_at_twice_the_size_is_the_old_one_on_the_area_average():
-    """``refold``: the new UNet on an image is the old one on its 2x2 area average,
-    upsampled (nearest); with the zero-initialised output replaced by a random one so the
-    test sees the unfold too. Configs that differ otherwise are refused."""
+def test_a_grown_unet_keeps_the_old_levels_below_a_new_first_one(tmp_path):
+    """``grow``: one level more outside the others at twice the image size; every old
+    weight reappears at its level's new index (so the old attention is where the image is
+    as coarse as it was), the new first level starts afresh, and it round-trips."""
     torch.manual_seed(0)
-    small = UNetConfig(image_size=16, patch=2, channels=(16, 32), text_width=32, groups=4)
-    small = replace(small, attention_levels=(1,), text_positions_std=1.0)
-    old = TinyUNet(small).eval()
-    nn.init.normal_(old.out[-2].weight, std=0.1)
-    nn.init.normal_(old.out[-2].bias, std=0.1)
-    new = refold(old, replace(small, image_size=32, patch=4)).eval()
-    x = torch.randn(3, 3, 32, 32)
-    t, ids = torch.tensor([5, 400, 900]), torch.randint(1, 20, (3, 16))
-    with torch.no_grad():
-        expected = F.interpolate(old(F.avg_pool2d(x, 2), t, ids), scale_factor=2)
-        got = new(x, t, ids)
-    assert expected.abs().mean() > 0.1
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
-    for bad in (
-        replace(small, image_size=32, patch=2),  # another token grid
-        replace(small, image_size=48, patch=6),  # fine, 3x
-        replace(small, image_size=32, patch=4, channels=(16, 64)),
-    ):
-        if bad.patch == 6:
-            assert refold(old, bad).config == bad
-            continue
-        with pytest.raises(ValueError, match="refold"):
-            refold(old, bad)
+    small = UNetConfig(image_size=16, channels=(16, 32), text_width=32, groups=4)
+    old = TinyUNet(replace(small, attention_levels=(1,), blocks_per_level=2))
+    new = grow(old)
+    assert new.config == grown(old.config)
+    assert new.config.image_size == 32 and new.config.channels == (16, 16, 32)
+    assert new.config.attention_levels == (2,)
+    before, after = old.state_dict(), new.state_dict()
+    renamed = {
+        "down.2.conv1.weight": "down.0.conv1.weight",  # two blocks a level
+        "down.3.conv2.weight": "down.1.conv2.weight",
+        "downsample.1.weight": "downsample.0.weight",
+        "down_attn.2.self_attn.in_proj_weight": "down_attn.1.self_attn.in_proj_weight",
+        "up_attn.2.cross.in_proj_weight": "up_attn.1.cross.in_proj_weight",
+        "up.3.conv1.weight": "up.3.conv1.weight",  # the old levels' up blocks come first
+        "stem.1.weight": "stem.1.weight",
+        "out.2.weight": "out.2.weight",
+        "mid1.conv1.weight": "mid1.conv1.weight",
+    }
+    for key, source in renamed.items():
+        assert torch.equal(after[key], before[source]), key
+    fresh = [k for k in after if k.startswith(("down.0.", "down.1.", "downsample.0."))]
+    fresh = [k for k in fresh if k.endswith("conv1.weight") and k in before]
+    assert fresh and all(not torch.equal(after[k], before[k]) for k in fresh)
+    x, t, ids = torch.randn(2, 3, 32, 32), torch.tensor([10, 700]), torch.randint(1, 20, (2, 16))
+    assert new(x, t, ids).shape == x.shape
+    write_weights(new, {"vocabulary": ["a"]}, tmp_path / "w.safetensors")
+    assert load_weights(tmp_path / "w.safetensors")[0].config == new.config
 
 
 def test_weights_round_trip_and_checksum(tmp_path):

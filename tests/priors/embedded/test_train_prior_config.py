@@ -11,7 +11,7 @@ from cfd3d.cli import main
 from cfd3d.errors import ConfigError
 from cfd3d.priors.embedded.commands import prior_configs, read_prior_config
 from cfd3d.priors.embedded.training import TrainConfig
-from cfd3d.priors.embedded.unet import refold
+from cfd3d.priors.embedded.unet import grow, grown
 from cfd3d.priors.embedded.weights import load_weights
 from cfd3d.priors.embedded.world import WorldConfig
 from cfd3d.scene.sampling import CameraSamplerConfig
@@ -223,26 +223,29 @@ def test_fine_tuning_starts_from_the_given_weights_and_records_them(tmp_path, ca
         expected = torch.zeros_like(value) if key.endswith("attn.position") else start[key]
         torch.testing.assert_close(value, expected, atol=2e-3, rtol=0)
 
-    # a UNet at twice the resolution and patch starts from them refolded (its world too)
+    # a UNet at twice the resolution starts from them grown by a level (its world too)
     larger = json.loads(json.dumps(tune))
-    larger["unet"].update({"image_size": 64, "patch": 4})
+    larger["unet"].update({"image_size": 64, "channels": [16, 16, 32]})
     model, metadata = load_weights(_train(tmp_path, "larger", larger))
     assert metadata["world_config"]["image_size"] == 64
-    expected = refold(load_weights(base)[0], model.config).state_dict()
-    assert model.state_dict()["stem.1.weight"].shape[1] == 48
+    small = load_weights(base)[0]
+    expected = grow(small).state_dict()
+    assert model.config == grow(small).config
+    fresh = ("down.0.", "downsample.0.", f"up.{len(small.up)}.", f"up.{len(small.up) + 1}.")
     for key, value in model.state_dict().items():
-        torch.testing.assert_close(value, expected[key], atol=2e-3, rtol=0)
+        if not key.startswith(fresh):  # the new level starts from the run's own seed
+            torch.testing.assert_close(value, expected[key], atol=2e-3, rtol=0, msg=key)
 
     other = json.loads(json.dumps(tune))
     other["unet"] = {"channels": [8, 16], "text_width": 32, "groups": 4}
-    grid = json.loads(json.dumps(tune))
-    grid["unet"].update({"image_size": 64})  # the same patch: another grid of tokens
+    ungrown = json.loads(json.dumps(tune))
+    ungrown["unet"].update({"image_size": 64})  # twice the size, but no level more
     missing = json.loads(json.dumps(tune))
     missing["train"]["init_weights"] = str(tmp_path / "nothing.safetensors")
     for name, config, needle in (
         ("other", other, "another UNet"),
         ("missing", missing, "not found"),
-        ("grid", grid, "cannot refold"),
+        ("ungrown", ungrown, "another UNet"),
     ):
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps(config))
@@ -274,8 +277,8 @@ def test_every_recipe_in_configs_reads(shipped_recipe):
             assert parts[0] == "runs" and len(parts) == 3, (path, config.init_weights)
             (recipe,) = root.rglob(f"{parts[1]}.json")  # one recipe of that name
             start = read_prior_config(recipe)[0].unet
-        # the same UNet, or one at k times the resolution and patch (refolded from it)
-        k = config.unet.patch // start.patch
-        scaled = replace(start, image_size=k * start.image_size, patch=k * start.patch)
+        # the same UNet, or one at twice the image size grown from it by a level
+        if config.unet.image_size == 2 * start.image_size:
+            start = grown(start)
         same = replace(config.unet, image_positions=False)
-        assert same == replace(scaled, image_positions=False), path
+        assert same == replace(start, image_positions=False), path

@@ -22,7 +22,7 @@ from cfd3d.diffusion.schedule import make_schedule
 from cfd3d.errors import ConfigError, UserError
 from cfd3d.io import atomic_torch_save
 from cfd3d.priors.embedded.tokenizer import WordTokenizer
-from cfd3d.priors.embedded.unet import TinyUNet, UNetConfig, refold
+from cfd3d.priors.embedded.unet import TinyUNet, UNetConfig, grow
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,9 @@ class TrainConfig:
         init_weights: fine-tuning: a weights file of the embedded prior's format (with its
             ``.sha256`` beside it) whose model the training starts from instead of a
             random initialisation; model and EMA start as its weights, the optimiser
-            afresh, and its UNet must be :attr:`unet`, or the same at a ``k`` times lower
-            ``image_size`` and ``patch`` (its patch fold is spread over the larger
-            patches: :func:`~cfd3d.priors.embedded.unet.refold`). ``""``: from scratch. A
+            afresh, and its UNet must be :attr:`unet`, or one at half its ``image_size``
+            that :attr:`unet` is grown from by one level outside the others
+            (:func:`~cfd3d.priors.embedded.unet.grow`). ``""``: from scratch. A
             relative path is relative to the working directory.
         unet: the architecture.
     """
@@ -228,8 +228,8 @@ def train(
 def initial_weights(config: TrainConfig) -> TinyUNet:
     """The model that ``config.init_weights`` holds (verified against its checksum); a UNet
     with ``image_positions`` may start from one without (its positions start at zero), and
-    one at ``k`` times the resolution with ``k`` times the patch from one at the lower
-    (:func:`~cfd3d.priors.embedded.unet.refold`).
+    one at twice the resolution from one at half it, grown by a level
+    (:func:`~cfd3d.priors.embedded.unet.grow`).
 
     Raises:
         UserError: the file is missing, damaged or of another UNet.
@@ -237,14 +237,8 @@ def initial_weights(config: TrainConfig) -> TinyUNet:
     from cfd3d.priors.embedded.weights import load_weights
 
     loaded, _ = load_weights(Path(config.init_weights))
-    size = {"image_size": config.unet.image_size, "patch": config.unet.patch}
-    if size != {"image_size": loaded.config.image_size, "patch": loaded.config.patch}:
-        try:  # a prior at a lower resolution: its patch fold and unfold are spread
-            loaded = refold(loaded, replace(loaded.config, **size))
-        except ValueError as exc:
-            raise UserError(
-                f"init_weights '{config.init_weights}' cannot start this config's unet: {exc}"
-            ) from None
+    if config.unet.image_size == 2 * loaded.config.image_size:
+        loaded = grow(loaded)  # a prior at half the resolution: one level more outside
     mine = replace(config.unet, image_positions=loaded.config.image_positions)
     if loaded.config != mine or (loaded.config.image_positions and not config.unet.image_positions):
         differ = _differences(asdict(loaded.config), asdict(config.unet), "unet.")
