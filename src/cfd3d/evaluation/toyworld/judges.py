@@ -204,7 +204,6 @@ def render_pairs(
     :func:`names_front`), lit like its images (its share in flat albedo), grouped by spec."""
     renderer = VolumeRenderer(RendererConfig(n_samples=world.n_samples, shading=WORLD_SHADING))
     gen = torch.Generator().manual_seed(seed)
-    size = PROBE_SIZE
     out = []
     for spec in specs:
         cameras = sector_cameras(world, "front") if names_front(spec, world) else world.cameras
@@ -215,8 +214,8 @@ def render_pairs(
                 rgb = renderer(
                     pair(*spec),
                     camera[i : i + 1],
-                    size,
-                    size,
+                    PROBE_SIZE,
+                    PROBE_SIZE,
                     shading="albedo" if albedo else "diffuse",
                     generator=gen,
                 ).rgb

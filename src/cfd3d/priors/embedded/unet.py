@@ -9,9 +9,8 @@ can be told apart from their mirror images.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -260,7 +259,7 @@ def grown(config: UNetConfig) -> UNetConfig:
     """``config`` with one more level outside the others: twice the image size, the same
     patch, the first level's channels once more in front, attention at the same levels
     (now counted from the new one)."""
-    return dataclasses.replace(
+    return replace(
         config,
         image_size=2 * config.image_size,
         channels=(config.channels[0], *config.channels),
