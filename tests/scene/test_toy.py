@@ -20,8 +20,10 @@ from cfd3d.scene.toy import (
     ToyScene,
     bounding_radius,
     get_scene,
+    pair,
     scene_names,
     single,
+    softened,
 )
 
 
@@ -228,3 +230,24 @@ def test_occupancy_turned_about_the_vertical_axis():
     grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1)
     centre = grid[torch.as_tensor(turned)].mean(0)
     assert centre.tolist() == pytest.approx([0.0, 0.5, 0.2], abs=0.01)  # cells 0.04
+
+
+def test_a_softened_scene_keeps_its_shapes_with_a_softer_surface_drawn_log_uniformly():
+    scene = pair("red", "cube", "on", "blue", "sphere")
+    gen = torch.Generator().manual_seed(0)
+    values = []
+    for _ in range(400):
+        soft = softened(scene, (0.005, 0.04), gen)
+        assert soft.primitives == scene.primitives and soft.relation == scene.relation
+        values.append(soft.field_config.sharpness)
+    values = torch.tensor(values)
+    assert float(values.min()) >= 0.005 and float(values.max()) <= 0.04
+    # log-uniform: the geometric middle splits the draws in half
+    below = float((values < (0.005 * 0.04) ** 0.5).float().mean())
+    assert 0.4 < below < 0.6
+    points = torch.tensor([[0.0, 0.0, 0.3]])  # near the cube's surface: softer is less dense
+    crisp = softened(scene, (0.005, 0.005), gen)(points).density
+    blurry = softened(scene, (0.04, 0.04), gen)(points).density
+    assert float(crisp) != float(blurry)
+    with pytest.raises(ConfigError, match="sharpness range"):
+        softened(scene, (0.0, 0.01), gen)

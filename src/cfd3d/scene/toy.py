@@ -505,6 +505,20 @@ def pair(color_a: str, shape_a: str, relation: str, color_b: str, shape_b: str) 
     return ToyScene((a, b), relation)  # type: ignore[arg-type]
 
 
+def softened(
+    scene: ToyScene, sharpness: tuple[float, float], generator: torch.Generator
+) -> ToyScene:
+    """``scene`` with a surface as soft as a sharpness drawn log-uniformly from ``(low,
+    high)`` (:class:`ToyFieldConfig`): the same shapes with the blurred edges of a
+    distilled field, for judges that must name shapes whatever their edges."""
+    low, high = sharpness
+    if not 0.0 < low <= high:
+        raise ConfigError(f"sharpness range must satisfy 0 < low <= high, got {sharpness}")
+    u = float(torch.rand((), generator=generator))
+    value = low * (high / low) ** u
+    return dataclasses.replace(scene, field_config=ToyFieldConfig(sharpness=value))
+
+
 def _check_names(color: str, shape: str) -> None:
     if color not in COLORS:
         raise ConfigError(f"unknown colour {color!r}; valid: {', '.join(COLORS)}")

@@ -1,12 +1,16 @@
 """cfd3d.evaluation.toyworld.classifier: the probe learns from ground truth."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from cfd3d.evaluation.toyworld.classifier import (
+    PROBE_SHARPNESS,
     PROBE_SIZE,
     Probe,
     at_probe_size,
+    blurred,
     majority,
     probe_accuracy,
     probe_data,
@@ -14,7 +18,7 @@ from cfd3d.evaluation.toyworld.classifier import (
     vote,
 )
 from cfd3d.evaluation.toyworld.judges import render_heads, render_pairs
-from cfd3d.priors.embedded.world import WorldConfig
+from cfd3d.priors.embedded.world import WorldConfig, render_world
 
 WORLD = WorldConfig()
 
@@ -25,6 +29,32 @@ def test_probe_learns_colours_from_a_few_renders():
     probe = train_probe(data, epochs=12, seed=0, batch=16)
     color_acc, _ = probe_accuracy(probe, data)
     assert color_acc >= 0.8
+
+
+def test_the_probes_renders_range_from_crisp_to_soft_surfaces():
+    """The probe learns shapes from renders whose edges are anything from the world's crisp
+    ones to a distilled field's soft ones (PROBE_SHARPNESS), of the crisp world's scenes."""
+    singles = replace(WORLD, p_head=0.0, p_pair=0.0)
+    soft, soft_items = render_world(singles, 8, seed=7, sharpness=PROBE_SHARPNESS)
+    crisp, crisp_items = render_world(singles, 8, seed=7)
+    torch.testing.assert_close(probe_data(8, seed=7, world=WORLD).images, soft.float() / 255.0)
+    assert [i.scene.primitives for i in soft_items] == [i.scene.primitives for i in crisp_items]
+    assert [i.view for i in soft_items] == [i.view for i in crisp_items]
+    sharpness = {i.scene.field_config.sharpness for i in soft_items}
+    assert len(sharpness) == 2  # one a scene (4 views each)
+    assert all(PROBE_SHARPNESS[0] <= s <= PROBE_SHARPNESS[1] for s in sharpness)
+    assert {i.scene.field_config.sharpness for i in crisp_items} == {0.005}
+    assert not torch.equal(soft, crisp)
+
+
+def test_blurred_keeps_sigma_zero_images_and_spreads_an_edge_by_sigma():
+    images = torch.zeros(3, 3, 16, 16)
+    images[..., 8:] = 1.0
+    out = blurred(images, torch.tensor([0.0, 0.5, 1.0]))
+    torch.testing.assert_close(out[0], images[0])
+    torch.testing.assert_close(out.mean(dim=(1, 2, 3)), images.mean(dim=(1, 2, 3)))
+    spread = [(row > 0.01) & (row < 0.99) for row in out[:, 0, 4]]
+    assert [int(s.sum()) for s in spread] == [0, 2, 4]
 
 
 def test_the_judges_work_at_the_probes_size_for_a_prior_of_any_resolution():

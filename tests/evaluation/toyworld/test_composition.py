@@ -70,6 +70,22 @@ def test_crop_data_labels_each_crop_with_the_object_it_shows():
     assert not torch.equal(crop_data(6, seed=4, size=32).images, data.images)
 
 
+def test_crop_data_softens_the_same_pairs_or_keeps_them_crisp():
+    """By default the crops' surfaces range from crisp to soft (PROBE_SHARPNESS), the same
+    pairs seen from the same cameras as crisp crops (``sharpness=None``); softer surfaces
+    blur the crops' edges."""
+    crisp = crop_data(6, seed=3, size=32, sharpness=None)
+    mixed = crop_data(6, seed=3, size=32)
+    soft = crop_data(6, seed=3, size=32, sharpness=(0.04, 0.04))
+    assert torch.equal(crisp.shape, soft.shape) and torch.equal(crisp.color, soft.color)
+    assert not torch.equal(crisp.images, mixed.images)
+
+    def edge(images):  # pixels between object and white: a soft rim has more of them
+        return float(((images.amin(dim=1) > 0.05) & (images.amin(dim=1) < 0.9)).float().mean())
+
+    assert edge(soft.images) > edge(crisp.images)
+
+
 class _ReadsTheMarker(torch.nn.Module):
     """A stand-in probe whose shape logits are the crop's top-left pixel's three channels
     scattered onto sphere, cube and cylinder (the colour head always says red)."""

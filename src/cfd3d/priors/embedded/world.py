@@ -28,7 +28,7 @@ import torch
 from cfd3d.errors import ConfigError
 from cfd3d.render.shading import ShadingConfig
 from cfd3d.scene.sampling import CameraSamplerConfig, sample_cameras, view_labels
-from cfd3d.scene.toy import COLORS, FACE_RGB, RELATIONS, ToyScene, pair, single
+from cfd3d.scene.toy import COLORS, FACE_RGB, RELATIONS, ToyScene, pair, single, softened
 
 BASIC_SHAPES: tuple[str, ...] = ("sphere", "cube", "cylinder", "cone", "torus", "capsule")
 """Shapes of the single-primitive and composition families (the head is its own family)."""
@@ -185,15 +185,25 @@ def caption(item: Item, config: WorldConfig, gen: torch.Generator) -> str:
     return text
 
 
+SOFT_SEED = 7_777_777
+"""Offset of the seed of the sharpness draws of :func:`render_world` from its ``seed``."""
+
+
 def render_world(
     config: WorldConfig,
     n: int,
     seed: int,
     cameras: CameraSamplerConfig | None = None,
     progress: bool = False,
+    sharpness: tuple[float, float] | None = None,
 ) -> tuple[torch.Tensor, list[Item]]:
     """Render ``n`` toy-world images, seen from ``cameras`` (default: the world's, and its
     ``pair_cameras`` for two-primitive scenes where it sets them).
+
+    ``sharpness`` (low, high), for judges rather than priors: each scene's surface is as
+    soft as a sharpness (:class:`~cfd3d.scene.toy.ToyFieldConfig`) drawn log-uniformly
+    from it (from a generator of its own: the scenes and cameras are those of the crisp
+    world), instead of the world's crisp default.
 
     Returns:
         ``(n, 3, S, S)`` uint8 images and their :class:`Item` descriptions.
@@ -206,6 +216,7 @@ def render_world(
     pair_cameras = cameras or config.pair_cameras or config.cameras
     cameras = cameras or config.cameras
     gen = torch.Generator().manual_seed(seed)
+    soft_gen = torch.Generator().manual_seed(seed + SOFT_SEED)
     size = config.image_size
     images = torch.empty((n, 3, size, size), dtype=torch.uint8)
     items: list[Item] = []
@@ -214,6 +225,8 @@ def render_world(
         for start in range(0, n, per_scene):
             k = min(per_scene, n - start)
             scene = random_scene(config, gen)
+            if sharpness is not None:
+                scene = softened(scene, sharpness, soft_gen)
             seen_from = pair_cameras if len(scene.primitives) == 2 else cameras
             camera = sample_cameras(seen_from, k, gen)
             albedo = float(torch.rand((), generator=gen)) < config.p_albedo
