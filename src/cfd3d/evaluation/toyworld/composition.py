@@ -201,9 +201,8 @@ def crop_data(
     view, headlit, ``size``² and 8-bit) from a random azimuth and an elevation in
     :data:`CROP_ELEVATIONS`, its surface from crisp to soft (``sharpness``, as the
     probe's single renders: :data:`PROBE_SHARPNESS`; ``None``: the world's crisp one; the
-    pairs and cameras are the same whatever it is); an
-    object whose colour covers fewer than :data:`MIN_PIXELS` pixels there (hidden behind
-    the other) gives no crop.
+    pairs and cameras are the same whatever it is); an object whose colour covers fewer
+    than :data:`MIN_PIXELS` pixels there (hidden behind the other) gives no crop.
     """
     gen = torch.Generator().manual_seed(seed)
     soft_gen = torch.Generator().manual_seed(seed + SOFT_SEED)
