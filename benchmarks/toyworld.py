@@ -87,10 +87,10 @@ many results (each result one draw from the prior's frequencies). Its width is w
 ``--under-seeds`` defaults to 16: with 8 results a perfect sampler's 95th percentile is
 0.47 for "a red object" and 0.55 for "a torus" (the prior's classes at ``--seed 100``),
 wide enough to hide a collapse onto one or two classes; with 16 it is 0.33 and 0.41.
-``diversity`` (as for
-single prompts) comes with ``diversity_se``, its jackknife standard error over the seeds
-(:func:`diversity_se`), and ``diversity_underspecified_se`` that of the prompts' mean: a
-difference between two runs smaller than about twice it is within the seeds' noise.
+``diversity`` (as for single prompts) comes with ``diversity_se``, its jackknife standard
+error over the seeds (:func:`diversity_se`), and ``diversity_underspecified_se`` that of the
+prompts' mean: a difference between two runs smaller than about twice it is within the
+seeds' noise.
 
 Every prompt, with the same probe (:mod:`cfd3d.evaluation.probe`), against
 ``--prior-samples`` samples of the prior for that prompt:
