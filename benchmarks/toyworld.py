@@ -79,7 +79,9 @@ seeds each: a probe classifier trained only on ground-truth renders
 (:mod:`cfd3d.evaluation.toyworld.classifier`, as in ``benchmarks/toy_prior.py``) names the
 missing attribute (the shape for "a red object", the colour for "a torus") of every single
 image: of each of a result's world views, and of each of ``--prior-samples`` DDIM samples
-(50 steps, the preset's guidance) of the prior itself for that prompt. A method's class
+(50 steps, the preset's guidance; seeded by the run's seed and the prompt's text,
+:func:`~cfd3d.evaluation.toyworld.prompts.reference_seed`, so a run of some prompts
+compares with the default run) of the prior itself for that prompt. A method's class
 frequencies are the mean over its results of their views' class shares; ``mode_tv`` is
 their total-variation distance from the prior's. ``mode_tv_band``: the 5-95 % range of the
 same distance for a perfect sampler drawing as
@@ -216,6 +218,7 @@ from cfd3d.evaluation.toyworld.prompts import (
     Prompt,
     parse_composition,
     parse_prompt,
+    reference_seed,
 )
 from cfd3d.evaluation.toyworld.setting import (
     DISTANCE,
@@ -627,7 +630,7 @@ def run(args: argparse.Namespace) -> int:
     prior_classes: dict[str, dict[str, float]] = {}
     prior_features: dict[str, torch.Tensor] = {}
     prior_reference: dict[str, dict[str, float]] = {}
-    for index, p in enumerate([*singles, *unders]):
+    for p in [*singles, *unders]:
         print(f"sampling the prior for {p.text!r}", file=sys.stderr)
         images = quantise(
             sample_images(
@@ -636,7 +639,7 @@ def run(args: argparse.Namespace) -> int:
                 prior_samples,
                 base.guidance_scale,
                 ddim_steps,
-                1000 * args.seed + index,
+                reference_seed(args.seed, p.text),
             )
         )
         prior_features[p.text] = probe_features(probe, images)

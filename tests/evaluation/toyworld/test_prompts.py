@@ -5,9 +5,12 @@ import pytest
 from cfd3d.errors import UserError
 from cfd3d.evaluation.toyworld.prompts import (
     COMPOSITIONS,
+    SINGLE_PROMPTS,
+    UNDERSPECIFIED,
     Prompt,
     parse_composition,
     parse_prompt,
+    reference_seed,
 )
 
 
@@ -33,3 +36,14 @@ def test_compositions_are_read_or_refused():
     for bad in ("a red cube", "a red head next to a blue cube", "a red cube under a blue cone"):
         with pytest.raises(UserError, match="cannot read the composition"):
             parse_composition(bad)
+
+
+def test_reference_seeds_follow_the_prompt_not_the_run():
+    defaults = [*SINGLE_PROMPTS, *UNDERSPECIFIED]
+    # The default prompts keep the seeds the default runs always had: 1000 * seed + place.
+    assert [reference_seed(100, t) for t in defaults] == [100_000 + i for i in range(5)]
+    other = reference_seed(100, "a green cylinder")
+    assert other == reference_seed(100, "a green cylinder")
+    assert 100_005 <= other < 101_000
+    assert reference_seed(200, "a green cylinder") - other == 100_000
+    assert other != reference_seed(100, "a pink capsule")

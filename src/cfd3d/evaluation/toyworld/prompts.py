@@ -9,6 +9,7 @@ relation ("a red cube on top of a blue sphere"). Also the default prompts of
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
 
 from cfd3d.errors import UserError
@@ -26,6 +27,23 @@ COMPOSITIONS: tuple[str, ...] = (
 """Two of each relation, with colours that stay apart when shaded (as
 :data:`~cfd3d.evaluation.toyworld.judges.RELATION_SPECS`), so that the pixel segmentation
 tells the objects apart."""
+
+
+def reference_seed(seed: int, text: str) -> int:
+    """The seed of the prior's reference samples for ``text`` in a run at ``seed``.
+
+    It depends on the prompt alone, not on which other prompts the run has, so a run of
+    the underspecified prompts alone is judged against the same samples as the default
+    run. The default prompts keep their places in the default list
+    (:data:`SINGLE_PROMPTS` then :data:`UNDERSPECIFIED`: 0-4), the seeds of the default
+    runs' figures; any other prompt takes a place in 5-999 from a checksum of its text.
+    """
+    defaults = (*SINGLE_PROMPTS, *UNDERSPECIFIED)
+    if text in defaults:
+        index = defaults.index(text)
+    else:
+        index = len(defaults) + zlib.crc32(text.encode()) % (1000 - len(defaults))
+    return 1000 * seed + index
 
 
 @dataclass(frozen=True)
