@@ -255,6 +255,7 @@ def _overrides(args: argparse.Namespace) -> dict:
         "steps": args.steps,
         "seed": args.seed,
         "guidance_scale": args.guidance,
+        "guidance_interval": tuple(args.guidance_interval) if args.guidance_interval else None,
         "negative_prompt": args.negative_prompt,
         "perp_neg": args.perp_neg,
         "device": args.device,
@@ -327,6 +328,7 @@ _RESUME_FIXED = (
     "steps_per_stage",
     "seed",
     "guidance",
+    "guidance_interval",
     "negative_prompt",
     "perp_neg",
     "formats",
@@ -959,6 +961,16 @@ def add_generate_command(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help=f"classifier-free guidance scale {_by_preset('guidance_scale')}",
+    )
+    p.add_argument(
+        "--guidance-interval",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="guide only at timestep fractions from LOW to HIGH, conditional prediction "
+        "alone elsewhere; e.g. 0 0.6 leaves the noisiest steps unguided, which keeps seeds "
+        "apart (default: the preset's; 0 1 guides throughout)",
     )
     p.add_argument("--negative-prompt", default=None, help="negative prompt for guidance")
     p.add_argument(

@@ -311,7 +311,7 @@ class Run:
             z,
             t_batch,
             self.condition(cameras),
-            c.guidance_scale,
+            c.guidance_at(fraction),
             eps_tilde.to(z.dtype),
             c.weighting,  # type: ignore[arg-type]
             i,
