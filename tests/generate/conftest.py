@@ -37,6 +37,29 @@ def small_cpu_demo():
     return make
 
 
+@pytest.fixture
+def refused_config(tmp_path, capsys, small_cpu_demo):
+    """``refused_config(change)``: ``generate --config`` with the ``cpu-demo`` config
+    updated by ``change`` (JSON fields) must fail with one ``error:`` line, exit code 2
+    and no run folder; returns that line."""
+    from cfd3d.cli import main
+    from cfd3d.generate.config import save_config
+
+    def refuse(change: dict) -> str:
+        data = json.loads(save_config(small_cpu_demo()))
+        data.update(change)
+        path = tmp_path / "c.json"
+        path.write_text(json.dumps(data))
+        out = tmp_path / "run"
+        code = main(["generate", "--config", str(path), "--out", str(out), "-q"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+        assert not out.exists()
+        return err
+
+    return refuse
+
+
 def write_third_party_pipeline(folder: Path) -> Path:
     import torch
     from diffusers import (
