@@ -67,6 +67,18 @@ def test_a_perfect_samplers_mode_tv_band():
     assert sampler_tv_band(torch.tensor([1.0, 0.0]), 8) == {"p05": 0, "p50": 0, "p95": 0}
 
 
+def test_the_band_counts_the_references_own_noise():
+    # mode TV is measured against 64 of the prior's samples, not its exact shares: a perfect
+    # sampler judged that way lands further out, the more so the smaller the reference
+    freq = torch.tensor([0.02, 0.36, 0.23, 0.14, 0.14, 0.11])
+    exact = sampler_tv_band(freq, 16)
+    wide = sampler_tv_band(freq, 16, reference=16)
+    against_64 = sampler_tv_band(freq, 16, reference=64)
+    assert exact["p95"] < against_64["p95"] < wide["p95"]
+    assert exact["p50"] < against_64["p50"] < wide["p50"]
+    assert sampler_tv_band(torch.tensor([1.0, 0.0]), 8, reference=64)["p95"] == 0
+
+
 def test_total_variation_and_majority():
     p = frequencies(torch.tensor([0, 0, 1, 2]), 4)
     assert p.tolist() == [0.5, 0.25, 0.25, 0.0]

@@ -47,13 +47,30 @@ def total_variation(p: torch.Tensor, q: torch.Tensor) -> float:
     return 0.5 * float((p - q).abs().sum())
 
 
-def sampler_tv_band(freq: torch.Tensor, n: int, draws: int = 2000) -> dict[str, float]:
+def sampler_tv_band(
+    freq: torch.Tensor, n: int, draws: int = 2000, reference: int | None = None
+) -> dict[str, float]:
     """The mode TV that a perfect sampler of ``freq`` scores with ``n`` results: the 5 %,
-    50 % and 95 % quantiles over ``draws`` sets of ``n`` classes drawn from ``freq``."""
+    50 % and 95 % quantiles over ``draws`` sets of ``n`` classes drawn from ``freq``.
+
+    ``reference``: the number of samples ``freq`` was estimated from. Mode TV compares a
+    method's results with such an estimate, not with the prior's exact shares, so each draw
+    then also draws a reference of that many classes from ``freq`` and scores the distance
+    between the two (the band of a perfect sampler judged as a method is); ``None`` treats
+    ``freq`` as exact.
+    """
     gen = torch.Generator().manual_seed(0)
     labels = torch.multinomial(freq.double(), n * draws, replacement=True, generator=gen)
+    if reference is None:
+        refs = [freq] * draws
+    else:
+        drawn = torch.multinomial(freq.double(), reference * draws, replacement=True, generator=gen)
+        refs = [frequencies(row, len(freq)) for row in drawn.view(draws, reference)]
     tvs = torch.tensor(
-        [total_variation(frequencies(row, len(freq)), freq) for row in labels.view(draws, n)]
+        [
+            total_variation(frequencies(row, len(freq)), ref)
+            for row, ref in zip(labels.view(draws, n), refs, strict=True)
+        ]
     )
     q = torch.quantile(tvs.double(), torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64))
     return {
