@@ -459,14 +459,14 @@ def _cpu_demo(prompt: str) -> GenerateConfig:
     underspecified prompts 0.196 -> 0.171 (docs/benchmarks.md). The noise is never
     refreshed (``gamma_start = gamma_end = 0``: the clean-flow ODE, not the reference
     recipe's SDE decaying from 1e-2): each refresh mixes fresh noise into the trajectory,
-    so the views' pulls average towards the prompt's mean (brown or green tori, spheres for
-    "a red object"). Held out, paired with the refresh on seeds 200-215 and 400-415 (the
-    second block pre-registered): diversity of the underspecified prompts 0.196 against
-    0.186, mode TV "a red object" / "a torus" 0.283 / 0.217 against 0.291 / 0.340; pooled
-    with seeds 100-115 (48 seeds a prompt) 0.198 and 0.215 / 0.224; at a cost in mesh
-    IoU (0.843 -> 0.821 on seeds 100-115). Exports fit the CPU's budget: a 10k-face mesh
-    with a 512² texture, a 256² turntable of 24 frames (3 s at 8 fps; about 6-15 s of
-    rendering on 2 cores).
+    and the views' pulls seem to average towards the prompt's mean (brown or green tori;
+    spheres and tori for "a red object"). Held out, paired with the refresh on seeds
+    200-215 and 400-415 (the second block pre-registered): diversity of the
+    underspecified prompts 0.196 against 0.186, mode TV "a red object" / "a torus"
+    0.283 / 0.217 against 0.291 / 0.340; pooled with seeds 100-115 (48 seeds a prompt)
+    0.198 and 0.215 / 0.224; at a cost in mesh IoU (0.843 -> 0.821 on seeds 100-115).
+    Exports fit the CPU's budget: a 10k-face mesh with a 512² texture, a 256² turntable
+    of 24 frames (3 s at 8 fps; about 6-15 s of rendering on 2 cores).
     """
     return GenerateConfig(
         prompt=prompt,
